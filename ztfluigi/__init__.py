@@ -1,0 +1,10 @@
+"""ztfluigi: a declarative build system for the ZTF in2p3 data products, on Luigi and fsspec.
+
+``luigi --module ztfluigi <Task> …`` finds every product task here.
+"""
+
+__version__ = "0.1.0"
+
+from ztfluigi.tasks import RawFile, RawFiles, RawIndex, RawNight  # noqa: E402
+
+__all__ = ["RawFile", "RawFiles", "RawIndex", "RawNight", "__version__"]

@@ -1,0 +1,70 @@
+"""Where raw files come from: the archive interface and its implementations.
+
+An archive answers the questions the pipeline asks IRSA: the night's raw metadata (the IRSA
+``raw`` table columns, plus the LED of each flat, which IRSA lacks and the client reads from the
+file's primary header), the bytes of one raw file, and the IPAC header and mask of a science
+quadrant. ``archive = sim`` is the synthetic instrument; the IRSA client and an IRSA-compatible
+server implement the same interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+from astropy.io import fits
+
+from ztfluigi.naming import RawName
+
+#: IRSA ``ztf.ztf_current_meta_raw`` columns (ztf_formats.md §3.2), then ztfluigi's additions.
+RAW_METADATA_COLUMNS = (
+    "infobits", "field", "ccdid", "fid", "filtercode", "nid", "expid", "itid", "imgtype",
+    "imgtypecode", "filefracday", "obsdate", "obsjd", "exptime", "ipac_gid", "seeing", "airmass",
+    "moonillf", "moonesb", "telra", "teldec", "ccdrot", "ipac_pub_date", "meta_id",
+)  # fmt: skip
+EXTRA_COLUMNS = ("ledid", "filename")
+
+
+class ArchiveError(Exception):
+    """A request the archive cannot serve (unknown file, unreachable server…): one-line message."""
+
+
+class Archive(abc.ABC):
+    """The raw-data archive as the pipeline sees it."""
+
+    #: short name recorded in provenance ("sim", "irsa", a server URL)
+    name: str = "archive"
+
+    @abc.abstractmethod
+    def night_metadata(self, date: dt.date) -> pa.Table:
+        """One row per raw CCD file of the UT ``date``: RAW_METADATA_COLUMNS + EXTRA_COLUMNS."""
+
+    @abc.abstractmethod
+    def fetch_raw(self, raw: RawName) -> bytes:
+        """The raw file's bytes exactly as the archive serves them."""
+
+    @abc.abstractmethod
+    def science_header(self, raw: RawName, qid: int) -> fits.Header:
+        """The IPAC ``sciimg`` header of a science quadrant (raw + IPAC keywords, WCS)."""
+
+    @abc.abstractmethod
+    def science_mask(self, raw: RawName, qid: int) -> tuple[fits.Header, np.ndarray]:
+        """The IPAC ``mskimg`` header and int16 bit mask of a science quadrant."""
+
+
+def get_archive(spec: str, seed: int = 0, scale: int = 8, n_fields: int = 3,
+                calib_gaps: bool = False) -> Archive:  # fmt: skip
+    """The archive named by the ``[ztfluigi] archive`` setting."""
+    if spec == "sim":
+        from ztfluigi.archive.sim import SimArchive
+        from ztfluigi.sim.schedule import SimConfig
+
+        return SimArchive(
+            SimConfig(seed=seed, scale=scale, n_fields=n_fields, calib_gaps=calib_gaps)
+        )
+    raise ArchiveError(
+        f"unknown archive {spec!r}: only 'sim' is available in this version "
+        "(the IRSA client and http(s):// servers come with the IRSA support)"
+    )

@@ -1,0 +1,127 @@
+"""IPAC-like products of a synthetic science quadrant: ``sciimg`` header and ``mskimg`` mask.
+
+The pipeline reuses IPAC's headers (WCS, ids, observing conditions) and masks rather than
+recomputing them; the simulator provides both, consistent with the pixels it rendered.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+from astropy.io import fits
+
+from ztfluigi import camera, naming
+from ztfluigi.sim import astrometry, detector, headers, psf, rawfile, sky
+from ztfluigi.sim.schedule import Exposure, SimConfig
+
+BIT = {"sexsources": 1, "lowresponsivity": 2, "noisy": 4, "spikes": 7, "saturated": 8,
+       "dead": 9, "psfsources": 11}  # fmt: skip
+FIXAPERS = (2, 3, 4, 6, 10, 14)  #: IPAC fixed aperture diameters (pixels)
+IPAC_PIPEID = 15
+
+
+def ipac_ids(exp: Exposure, ccdid: int, qid: int) -> dict[str, int]:
+    """IPAC database ids of a quadrant (ztf_formats.md §2.6)."""
+    date = dt.datetime.strptime(exp.filefracday[:8], "%Y%m%d").date()
+    nid = naming.night_id(date)
+    expid = nid * 100000 + int(exp.filefracday[8:13])
+    rc = camera.rcid(ccdid, qid)
+    rid = expid * 100 + rc
+    return {"nid": nid, "expid": expid, "rcid": rc, "rid": rid, "pid": rid * 100 + IPAC_PIPEID}
+
+
+def science_header(
+    cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: int
+) -> fits.Header:
+    """The IPAC-like science header (raw primary + extension + IPAC keys, TPV WCS)."""
+    shape = camera.quadrant_shape(cfg.scale)
+    amp = detector.amplifier(cfg.seed, ccdid, qid, date)
+    wcs = astrometry.quadrant_wcs_header(exp.ra, exp.dec, ccdid, qid, shape)
+    primary = headers.raw_primary_header(exp, ccdid)
+    ext = headers.raw_extension_header(amp, wcs)
+    cond = rawfile.conditions(exp)
+    ids = ipac_ids(exp, ccdid, qid)
+    zp_dn = sky.zero_point_e(exp.filtercode, cond.airmass) - 2.5 * np.log10(amp.gain)
+    sky_e = sky.sky_electrons(exp, cond.airmass, cond.moon_illumination)
+    # 5σ point-source limit in an optimal (≈ 1.2 FWHM radius) aperture, sky-noise dominated.
+    npix = np.pi * (1.2 * cond.fwhm_pix) ** 2
+    maglim = sky.zero_point_e(exp.filtercode, cond.airmass) - 2.5 * np.log10(
+        5 * np.sqrt(npix * sky_e)
+    )
+    values: dict[str, object] = {
+        "MAGZP": round(float(zp_dn), 6),
+        "SATURATE": round(0.97 * (amp.saturation - amp.pedestal), 3),
+        "SEEING": round(cond.fwhm_pix, 3), "CCDID": ccdid, "QID": qid, "RCID": ids["rcid"],
+        "EXPID": ids["expid"], "INFOBITS": 0, "STATUS": 1, "MAGLIM": round(float(maglim), 2),
+        "CREATED": headers.ipac_created(exp.obsjd), "DBPID": ids["pid"], "DBFIELD": exp.field,
+        "DBNID": ids["nid"], "DBEXPID": ids["expid"], "DBRID": ids["rid"], "DBRCID": ids["rcid"],
+        "DBFID": naming.FILTER_IDS[exp.filtercode],
+        "SCAMPFIL": f"gaia_{exp.field:06d}_c{ccdid:02d}_q{qid}.fits",
+        "SCAMPPTH": f"/ztf/ops/static/rc{ids['rcid']:02d}/astrom",
+    }  # fmt: skip
+    for i, diameter in enumerate(FIXAPERS, start=1):
+        ee = psf.encircled_energy(diameter / 2.0, cond.fwhm_pix)
+        values[f"APCOR{i}"] = round(float(2.5 * np.log10(ee)), 8)
+    return headers.ipac_science_header(primary, ext, wcs, values)
+
+
+def mask(cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: int) -> np.ndarray:
+    """The IPAC-like int16 bit mask (raw orientation) of a science quadrant."""
+    shape = camera.quadrant_shape(cfg.scale)
+    amp = detector.amplifier(cfg.seed, ccdid, qid, date)
+    cond = rawfile.conditions(exp)
+    out = np.zeros(shape, np.int16)
+    electrons = rawfile.expected_electrons(cfg, exp, ccdid, qid, shape)
+    level = electrons / amp.gain + detector.bias_structure(cfg.seed, ccdid, qid, shape)
+    out[level + amp.pedestal + 5.0 >= amp.saturation] |= 1 << BIT["saturated"]
+    out[:, detector.dead_columns(cfg.seed, ccdid, qid, shape)] |= (1 << BIT["dead"]) | (
+        1 << BIT["lowresponsivity"]
+    )
+    out[:, detector.hot_columns(cfg.seed, ccdid, qid, shape)] |= 1 << BIT["noisy"]
+    rows, cols, _ = rawfile.cosmic_rays(cfg, exp, ccdid, qid, shape)
+    out[rows, cols] |= 1 << BIT["spikes"]
+    # Source footprints: where a star's profile exceeds 1.5σ of the sky (SExtractor-like), and
+    # the pixel holding each star detected at S/N > 5 (PSF-fit catalogue).
+    stars = sky.quadrant_stars(cfg.seed, exp, ccdid, qid, shape, cond.airmass)
+    sky_e = sky.sky_electrons(exp, cond.airmass, cond.moon_illumination)
+    alpha = psf.moffat_alpha(cond.fwhm_pix)
+    peak = stars.electrons * (psf.BETA - 1) / (np.pi * alpha**2)
+    threshold = 1.5 * np.sqrt(sky_e)
+    radius = alpha * np.sqrt(np.maximum((peak / threshold) ** (1 / psf.BETA) - 1, 0.0))
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for x, y, r in zip(stars.x, stars.y, radius, strict=True):
+        if r < 0.5:
+            continue
+        r_int = int(np.ceil(r))
+        r0, r1 = max(int(y) - r_int, 0), min(int(y) + r_int + 2, shape[0])
+        c0, c1 = max(int(x) - r_int, 0), min(int(x) + r_int + 2, shape[1])
+        if r0 >= r1 or c0 >= c1:
+            continue
+        disk = (yy[r0:r1, c0:c1] - y) ** 2 + (xx[r0:r1, c0:c1] - x) ** 2 <= r**2
+        out[r0:r1, c0:c1][disk] |= 1 << BIT["sexsources"]
+    snr = stars.electrons / np.sqrt(stars.electrons + np.pi * (1.2 * cond.fwhm_pix) ** 2 * sky_e)
+    px, py = np.round(stars.x).astype(int), np.round(stars.y).astype(int)
+    detected = (snr > 5) & (px >= 0) & (px < shape[1]) & (py >= 0) & (py < shape[0])
+    out[py[detected], px[detected]] |= 1 << BIT["psfsources"]
+    return out
+
+
+def mask_header(cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: int) -> fits.Header:
+    """The mskimg header: the science header's cards without IPAC's calibration keys."""
+    sci = science_header(cfg, date, exp, ccdid, qid)
+    template = headers.real_mask_header()
+    out = fits.Header()
+    for card in template.cards:
+        if card.keyword in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "HISTORY", "COMMENT"):
+            continue
+        value = (
+            sci[card.keyword]
+            if card.keyword in sci and not card.keyword.startswith("BIT")
+            else card.value
+        )
+        out.append((card.keyword, value, card.comment))
+    for key in ("CCD_ID", "ILUM_LED"):
+        if key in sci and key not in out:
+            out.append((key, sci[key], sci.comments[key]))
+    return out

@@ -1,0 +1,198 @@
+"""The synthetic night log: which exposures the camera takes on a UT date, and when.
+
+A pure function of (seed, date). The sequence follows the real camera (``ztf_formats.md`` §4):
+20 biases at sunset, then dome flats (5 per LED; LEDs 2–5 zg, 7–10 zr, 11–13 zi), then, from the
+end of nautical twilight, 30 s science exposures of a few real ZTF fields in zg, zr and zi,
+≈40 s apart. Every exposure reads all 16 CCDs (one raw file per CCD).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from ztfluigi import naming
+from ztfluigi.sim import ephemeris
+
+LED_FILTERS = {2: "zg", 3: "zg", 4: "zg", 5: "zg", 7: "zr", 8: "zr", 9: "zr", 10: "zr",
+               11: "zi", 12: "zi", 13: "zi"}  # fmt: skip
+LED_WAVELENGTH_NM = {2: 451.4, 3: 479.8, 4: 499.9, 5: 525.9, 7: 593.5, 8: 620.7, 9: 633.1,
+                     10: 652.9, 11: 738.9, 12: 833.6, 13: 864.6}  # fmt: skip
+N_BIAS = 20
+FLATS_PER_LED = 5
+SCIENCE_EXPTIME = 30.0  #: s
+SCIENCE_CADENCE = 40.0  #: s between consecutive science exposures
+BIAS_CADENCE = 15.0  #: s
+FLAT_EXPTIME = 10.0  #: s (dome flats; not documented for ZTF)
+FLAT_CADENCE = 22.0  #: s, as the real 2019-03-14 LED-4 sequence
+FIRST_LIGHT = dt.date(2017, 11, 1)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Parameters of the synthetic instrument (the ``[sim]`` section)."""
+
+    seed: int = 0
+    scale: int = 8  #: quadrants are (3080/scale, 3072/scale) windows of the real ones
+    n_fields: int = 3  #: science fields per night
+    calib_gaps: bool = False  #: some nights lack calibrations or one filter's flats
+
+    def __post_init__(self) -> None:
+        if self.scale < 1 or 3072 // self.scale < 32:
+            raise ValueError(f"[sim] scale must be an integer in 1..96, got {self.scale}")
+        if self.n_fields < 0:
+            raise ValueError(f"[sim] n_fields must be >= 0, got {self.n_fields}")
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """One camera exposure (16 raw CCD files share it)."""
+
+    obsjd: float
+    imgtype: str  #: 'object', 'bias' or 'flat'
+    filtercode: str  #: 'zg', 'zr', 'zi' ('bi' for biases, as IRSA names them)
+    field: int  #: ZTF field id, 0 for calibrations
+    exptime: float  #: s
+    ra: float  #: telescope pointing, deg
+    dec: float
+    led: int = -1  #: ILUM_LED of dome flats, -1 otherwise
+    seeing: float = 2.0  #: PSF FWHM, arcsec
+    framenum: int = 0
+
+    @property
+    def filefracday(self) -> str:
+        return naming.filefracday(self.obsjd)
+
+    @property
+    def wheel_filter(self) -> str:
+        """The filter in the beam (biases are read with whatever filter is in place: zr)."""
+        return "zr" if self.filtercode == "bi" else self.filtercode
+
+    def raw_name(self, ccdid: int) -> naming.RawName:
+        return naming.RawName(
+            self.filefracday, self.field, self.filtercode, ccdid,
+            naming.IMGTYPE_CODES[self.imgtype],
+        )  # fmt: skip
+
+
+def rng_for(seed: int, *keys: object) -> np.random.Generator:
+    """A generator that depends only on ``seed`` and ``keys`` (never on call order)."""
+    digest = hashlib.sha256(repr((seed,) + keys).encode()).digest()
+    return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))
+
+
+@functools.cache
+def ztf_fields() -> np.ndarray:
+    """The real ZTF field grid (structured array: id, ra, dec, gal_b)."""
+    text = (resources.files("ztfluigi") / "data" / "ztf_fields.txt").read_text()
+    rows = [line.split(",") for line in text.splitlines()[1:] if line.strip()]
+    return np.array(
+        [(int(r[0]), float(r[1]), float(r[2]), float(r[5])) for r in rows],
+        dtype=[("id", int), ("ra", float), ("dec", float), ("gal_b", float)],
+    )
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """Which calibration exposures a night has (all, by default)."""
+
+    bias: bool = True
+    flat_filters: tuple[str, ...] = ("zg", "zr", "zi")
+
+
+def calibration_plan(cfg: SimConfig, date: dt.date) -> CalibrationPlan:
+    """With ``calib_gaps``: a third of nights lack calibrations, a third one filter's flats."""
+    if not cfg.calib_gaps:
+        return CalibrationPlan()
+    u = rng_for(cfg.seed, "calib_gaps", date.isoformat()).random(2)
+    if u[0] < 1 / 3:
+        return CalibrationPlan(bias=False, flat_filters=())
+    if u[0] < 2 / 3:
+        missing = ("zg", "zr", "zi")[int(u[1] * 3)]
+        return CalibrationPlan(flat_filters=tuple(f for f in ("zg", "zr", "zi") if f != missing))
+    return CalibrationPlan()
+
+
+def night_log(cfg: SimConfig, date: dt.date) -> list[Exposure]:
+    """All exposures of the UT ``date``, in time order."""
+    rng = rng_for(cfg.seed, "night", date.isoformat())
+    jd0 = _jd_of_date(date)
+    sunset = ephemeris.sun_crossing_jd(jd0, -0.83, rising=False)
+    dusk = ephemeris.sun_crossing_jd(jd0, -12.0, rising=False)
+    dawn = ephemeris.sun_crossing_jd(dusk, -12.0, rising=True)
+    dome_ra, dome_dec = _dome_pointing(sunset)
+    plan = calibration_plan(cfg, date)
+    exposures: list[Exposure] = []
+    frame = int(rng.integers(100, 500))
+    t = sunset - 10.0 / 1440.0
+
+    def add(**kw: object) -> None:
+        nonlocal frame
+        frame += 1
+        exposures.append(Exposure(framenum=frame, **kw))
+
+    if plan.bias:
+        for _ in range(N_BIAS):
+            add(obsjd=t, imgtype="bias", filtercode="bi", field=0, exptime=0.0,
+                ra=dome_ra, dec=dome_dec)  # fmt: skip
+            t += BIAS_CADENCE / 86400.0
+    for led, filt in LED_FILTERS.items():
+        if filt not in plan.flat_filters:
+            continue
+        for _ in range(FLATS_PER_LED):
+            add(obsjd=t, imgtype="flat", filtercode=filt, field=0, exptime=FLAT_EXPTIME,
+                ra=dome_ra, dec=dome_dec, led=led)  # fmt: skip
+            t += FLAT_CADENCE / 86400.0
+    for slot, field in enumerate(_choose_fields(cfg, date, dusk, dawn, rng)):
+        # Each field is observed near its meridian transit, in zg then zr then zi.
+        t = max(t, dusk + (slot + 0.5) / max(cfg.n_fields, 1) * (dawn - dusk))
+        for filt in ("zg", "zr", "zi"):
+            # A few arcsec of pointing scatter, as the real telescope.
+            ra = field["ra"] + rng.normal(0, 2.0) / 3600.0 / np.cos(np.radians(field["dec"]))
+            dec = field["dec"] + rng.normal(0, 2.0) / 3600.0
+            alt, _ = ephemeris.altaz(ra, dec, t)
+            seeing = 2.0 * ephemeris.airmass(alt) ** 0.6 * rng.uniform(0.85, 1.15)
+            add(obsjd=t, imgtype="object", filtercode=filt, field=int(field["id"]),
+                exptime=SCIENCE_EXPTIME, ra=float(ra), dec=float(dec),
+                seeing=float(seeing))  # fmt: skip
+            t += SCIENCE_CADENCE / 86400.0
+    return exposures
+
+
+def _jd_of_date(date: dt.date) -> float:
+    return (date - dt.date(2000, 1, 1)).days + 2451544.5
+
+
+def _dome_pointing(jd: float) -> tuple[float, float]:
+    """Where the telescope points for dome flats (az ≈ 149°, el ≈ 5.6°, airmass ≈ 10 as real)."""
+    alt, az = np.radians(5.65), np.radians(148.7)
+    lat = np.radians(ephemeris.PALOMAR_LAT)
+    dec = np.arcsin(np.sin(alt) * np.sin(lat) + np.cos(alt) * np.cos(lat) * np.cos(az))
+    ha = np.arctan2(-np.sin(az) * np.cos(alt),
+                    np.sin(alt) * np.cos(lat) - np.cos(alt) * np.sin(lat) * np.cos(az))  # fmt: skip
+    ra = np.mod(ephemeris.lst_deg(jd) - np.degrees(ha), 360.0)
+    return float(ra), float(np.degrees(dec))
+
+
+def _choose_fields(
+    cfg: SimConfig, date: dt.date, dusk: float, dawn: float, rng: np.random.Generator
+) -> list[np.void]:
+    """One primary-grid field per time slot, within 30° of the meridian, away from the plane."""
+    fields = ztf_fields()
+    base = (fields["id"] < 880) & (fields["dec"] > -15) & (fields["dec"] < 70)
+    base &= np.abs(fields["gal_b"]) > 10
+    chosen: list[np.void] = []
+    for slot in range(cfg.n_fields):
+        jd = dusk + (slot + 0.5) / cfg.n_fields * (dawn - dusk)
+        ok = base & (np.abs(ephemeris.hour_angle_deg(fields["ra"], jd)) < 30)
+        ok &= ~np.isin(fields["id"], [f["id"] for f in chosen])
+        candidates = fields[ok]
+        if candidates.size == 0:
+            raise ValueError(f"no observable ZTF field at JD {jd:.4f} ({date})")
+        chosen.append(candidates[rng.integers(candidates.size)])
+    return chosen

@@ -1,0 +1,101 @@
+"""Validated Luigi parameters: a bad value fails with a one-line message before any work starts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import luigi
+
+from ztfluigi import naming
+
+FIRST_NIGHT = dt.date(2017, 11, 1)  #: ZTF first light
+
+
+class InvalidParameter(ValueError):
+    """A bad task parameter; the ``luigi`` command reports it as one line, without a traceback."""
+
+
+class _OneLineParameterErrors(logging.Filter):
+    """Turn luigi's "Uncaught exception" traceback for a bad parameter into its one-line message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, InvalidParameter | naming.InvalidName):
+            record.msg, record.args, record.exc_info, record.exc_text = str(exc), (), None, None
+        return True
+
+
+logging.getLogger("luigi-interface").addFilter(_OneLineParameterErrors())
+
+
+class NightParameter(luigi.DateParameter):
+    """A UT date (YYYY-MM-DD) between ZTF's first light and today."""
+
+    def parse(self, s: str) -> dt.date:
+        try:
+            date = dt.datetime.strptime(s, "%Y-%m-%d").date()
+        except ValueError:
+            raise InvalidParameter(
+                f"invalid date {s!r}: expected YYYY-MM-DD, e.g. 2019-03-31"
+            ) from None
+        return self.normalize(date)
+
+    def normalize(self, value: dt.date | dt.datetime | None) -> dt.date | None:
+        if value is None:
+            return None
+        if isinstance(value, dt.datetime):
+            value = value.date()
+        today = dt.datetime.now(dt.UTC).date()
+        if not FIRST_NIGHT <= value <= today:
+            raise InvalidParameter(
+                f"date {value} outside the ZTF era ({FIRST_NIGHT} to today, {today})"
+            )
+        return value
+
+
+class CcdParameter(luigi.IntParameter):
+    """A CCD id, 1–16."""
+
+    def normalize(self, value: int | str | None) -> int | None:
+        if value is None:
+            return None
+        value = int(value)
+        if not 1 <= value <= 16:
+            raise InvalidParameter(f"ccdid {value} is not a ZTF CCD id (1-16)")
+        return value
+
+
+class FilterParameter(luigi.Parameter):
+    """A ZTF science filter code (zg, zr, zi), or '' for all where allowed."""
+
+    def __init__(self, *args: object, allow_all: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.allow_all = allow_all
+
+    def normalize(self, value: str | None) -> str | None:
+        if value is None or (value == "" and self.allow_all):
+            return value
+        if value not in naming.SCIENCE_FILTERS:
+            raise InvalidParameter(f"filtercode {value!r} is not one of zg, zr, zi")
+        return value
+
+
+class ImgTypeParameter(luigi.Parameter):
+    """An IRSA image type: object, bias or flat."""
+
+    def normalize(self, value: str | None) -> str | None:
+        if value is not None and value not in ("object", "bias", "flat"):
+            raise InvalidParameter(f"imgtype {value!r} is not one of object, bias, flat")
+        return value
+
+
+class RawFilenameParameter(luigi.Parameter):
+    """An IRSA raw CCD file name (``ztf_…_cCC_{o|b|f}.fits.fz``)."""
+
+    def normalize(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        raw = naming.parse_raw_filename(value)  # raises naming.InvalidName
+        NightParameter().normalize(raw.date)
+        return raw.filename

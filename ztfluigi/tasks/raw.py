@@ -1,0 +1,149 @@
+"""Raw-data products: the night's index, single raw files, and raw files fetched in coarse units.
+
+A night holds ~5 000 raw files in production, too many for Luigi's scheduler as separate tasks
+(DESIGN.md §5): :class:`RawFiles` fetches one CCD's files of one kind as branches of a single
+task, complete when every branch output exists (one listing per directory). :class:`RawFile`
+keeps a single file addressable from the command line.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import luigi
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ztfluigi import config, naming, raw, storage
+from ztfluigi.naming import RawName
+from ztfluigi.tasks import progress
+from ztfluigi.tasks.parameters import (
+    CcdParameter,
+    FilterParameter,
+    ImgTypeParameter,
+    NightParameter,
+    RawFilenameParameter,
+)
+
+
+class RawIndex(luigi.Task):
+    """The night's raw-file metadata (IRSA ``raw`` table columns + LED), stored as parquet."""
+
+    date = NightParameter(description="UT date of the night (YYYY-MM-DD)")
+
+    def output(self) -> storage.FsspecTarget:
+        return storage.get_target(config.ztfluigi().raw_url(naming.rawindex_relpath(self.date)))
+
+    def run(self) -> None:
+        archive = config.get_archive()
+        table = archive.night_metadata(self.date)
+        storage.write_parquet(
+            self.output(), table,
+            metadata={"ztfluigi.product": "RawIndex", "ztfluigi.date": self.date.isoformat(),
+                      "ztfluigi.archive": archive.name},
+        )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _load_index(url: str) -> pa.Table:
+    return storage.read_parquet(url)
+
+
+def night_index(date: object) -> pa.Table:
+    """The stored RawIndex of a night (cached per process: products are immutable)."""
+    return _load_index(RawIndex(date=date).output().path)
+
+
+def select_raw(index: pa.Table, ccdid: int, imgtype: str, filtercode: str = "") -> list[RawName]:
+    """Raw files of one CCD and image type (and filter), in ``obsjd`` order."""
+    mask = pc.and_(pc.equal(index["ccdid"], ccdid), pc.equal(index["imgtype"], imgtype))
+    if filtercode:
+        mask = pc.and_(mask, pc.equal(index["filtercode"], filtercode))
+    rows = index.filter(mask).sort_by("obsjd")
+    return [naming.parse_raw_filename(f) for f in rows["filename"].to_pylist()]
+
+
+def raw_target(rawname: RawName) -> storage.FsspecTarget:
+    """Where a raw file lives in the raw store (the IRSA tree)."""
+    return storage.get_target(config.ztfluigi().raw_url(rawname.relpath))
+
+
+def fetch_raw(rawname: RawName, target: storage.FsspecTarget) -> None:
+    """Download (or synthesise) one raw file, verify it completely, then commit it atomically."""
+    content = config.get_archive().fetch_raw(rawname)
+    raw.verify_raw(content, rawname.filename)
+    storage.write_bytes(target, content)
+
+
+class RawFile(luigi.Task):
+    """One raw CCD file, byte for byte as the archive serves it, verified before it counts."""
+
+    filename = RawFilenameParameter(description="IRSA raw file name, e.g. ztf_…_c05_b.fits.fz")
+
+    @property
+    def rawname(self) -> RawName:
+        return naming.parse_raw_filename(self.filename)
+
+    def requires(self) -> RawIndex:
+        return RawIndex(date=self.rawname.date)
+
+    def output(self) -> storage.FsspecTarget:
+        return raw_target(self.rawname)
+
+    def run(self) -> None:
+        if self.filename not in night_index(self.rawname.date)["filename"].to_pylist():
+            raise raw.RawFileError(f"{self.filename}: not in the archive's index of its night")
+        fetch_raw(self.rawname, self.output())
+
+
+class RawFiles(luigi.Task):
+    """The raw files of one night, CCD and image type (and filter): one scheduler task, many files.
+
+    Files are taken in ``obsjd`` order from position ``first`` (biases: the reference pipeline
+    uses only the last ten of twenty).
+    """
+
+    date = NightParameter()
+    ccdid = CcdParameter()
+    imgtype = ImgTypeParameter()
+    filtercode = FilterParameter(default="", allow_all=True)
+    first = luigi.IntParameter(default=0, description="skip the first N files in obsjd order")
+
+    def requires(self) -> RawIndex:
+        return RawIndex(date=self.date)
+
+    def branches(self) -> list[RawName]:
+        """The raw files this unit covers (needs the RawIndex)."""
+        index = night_index(self.date)
+        return select_raw(index, self.ccdid, self.imgtype, self.filtercode)[self.first :]
+
+    def output(self) -> list[storage.FsspecTarget]:
+        if not self.input().exists():
+            return []
+        return [raw_target(r) for r in self.branches()]
+
+    def complete(self) -> bool:
+        if not self.input().exists():
+            return False
+        urls = [t.path for t in self.output()]
+        return all(storage.ListingCache().exists_many(urls))
+
+    def run(self) -> None:
+        listing = storage.ListingCache()
+        todo = [r for r in self.branches() if not listing.exists(raw_target(r).path)]
+        for i, rawname in enumerate(todo):
+            fetch_raw(rawname, raw_target(rawname))
+            progress.report(self, i + 1, len(todo), "raw files fetched")
+
+
+class RawNight(luigi.WrapperTask):
+    """Every raw file of a night, grouped in RawFiles units (CCD × image type)."""
+
+    date = NightParameter()
+
+    def requires(self) -> list[RawFiles]:
+        return [
+            RawFiles(date=self.date, ccdid=ccdid, imgtype=imgtype)
+            for ccdid in range(1, 17)
+            for imgtype in ("bias", "flat", "object")
+        ]
