@@ -5,6 +5,25 @@
 
 __version__ = "0.1.0"
 
-from ztfluigi.tasks import RawFile, RawFiles, RawIndex, RawNight  # noqa: E402
+from ztfluigi.tasks import (  # noqa: E402
+    FocalPlaneFlatImage,
+    FocalPlaneLevel,
+    MasterBias,
+    MasterFlat,
+    RawFile,
+    RawFiles,
+    RawIndex,
+    RawNight,
+)
 
-__all__ = ["RawFile", "RawFiles", "RawIndex", "RawNight", "__version__"]
+__all__ = [
+    "FocalPlaneFlatImage",
+    "FocalPlaneLevel",
+    "MasterBias",
+    "MasterFlat",
+    "RawFile",
+    "RawFiles",
+    "RawIndex",
+    "RawNight",
+    "__version__",
+]

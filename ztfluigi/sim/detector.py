@@ -162,16 +162,22 @@ def led_rate(led: int) -> float:
     return 6.0 * (30_000.0 + 1_000.0 * ((led * 7) % 12)) / 10.0
 
 
+@functools.lru_cache(maxsize=64)
 def sky_response(seed: int, ccdid: int, qid: int, shape: tuple[int, int]) -> np.ndarray:
     """Response to sky light (dimensionless): vignetting × PRNU."""
     xi, eta = focal_plane_coords(ccdid, qid, shape)
-    return (vignetting(xi, eta) * pixel_response(seed, ccdid, qid, shape)).astype(np.float32)
+    response = (vignetting(xi, eta) * pixel_response(seed, ccdid, qid, shape)).astype(np.float32)
+    response.setflags(write=False)
+    return response
 
 
+@functools.lru_cache(maxsize=64)
 def dome_response(seed: int, ccdid: int, qid: int, shape: tuple[int, int], led: int) -> np.ndarray:
     """Response to the dome light of ``led``: vignetting × PRNU × dome/sky × LED pattern."""
     xi, eta = focal_plane_coords(ccdid, qid, shape)
     illum = (
         vignetting(xi, eta) * dome_over_sky(LED_FILTERS[led], xi, eta) * led_pattern(led, xi, eta)
     )
-    return (illum * pixel_response(seed, ccdid, qid, shape)).astype(np.float32)
+    response = (illum * pixel_response(seed, ccdid, qid, shape)).astype(np.float32)
+    response.setflags(write=False)
+    return response

@@ -1,5 +1,15 @@
 """Luigi wiring: one task class per data product (parameters, requires, output, run)."""
 
+from ztfluigi.tasks.calib import FocalPlaneFlatImage, FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.raw import RawFile, RawFiles, RawIndex, RawNight
 
-__all__ = ["RawFile", "RawFiles", "RawIndex", "RawNight"]
+__all__ = [
+    "FocalPlaneFlatImage",
+    "FocalPlaneLevel",
+    "MasterBias",
+    "MasterFlat",
+    "RawFile",
+    "RawFiles",
+    "RawIndex",
+    "RawNight",
+]
