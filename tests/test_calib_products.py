@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import DEMO_DATE
 from ztfluigi import calib, camera, storage
-from ztfluigi.sim import detector, schedule
+from ztfluigi.sim import detector, schedule, truth
 from ztfluigi.stacking import ClipSpec, clipped_median
 from ztfluigi.tasks import FocalPlaneFlatImage, FocalPlaneLevel, MasterBias, MasterFlat
 
@@ -60,21 +60,9 @@ def test_master_bias_recovers_the_true_bias_structure(luigi_store):
 
 def true_flat(ccdid: int, filtercode: str) -> np.ndarray:
     """The noise-free normalised master flat implied by the simulator's truth."""
-    leds = calib.FILTER_LEDS[filtercode]
-    total = 0.0
-    for led in leds:
-        quads = {}
-        for q in range(1, 5):
-            amp = detector.amplifier(SEED, ccdid, q, DEMO_DATE)
-            electrons = (
-                detector.led_rate(led)
-                * schedule.FLAT_EXPTIME
-                * detector.dome_response(SEED, ccdid, q, SHAPE, led)
-            )
-            quads[q] = electrons / amp.gain
-        ccd = camera.assemble_ccd(quads)
-        total = total + ccd / np.median(ccd)
-    return total / len(leds)
+    return truth.true_master_flat(
+        schedule.SimConfig(seed=SEED, scale=SCALE), DEMO_DATE, ccdid, filtercode
+    )[0]
 
 
 def test_master_flat_recovers_the_true_flat_within_the_noise(luigi_store):

@@ -14,6 +14,8 @@ from ztfluigi.tasks import (  # noqa: E402
     RawFiles,
     RawIndex,
     RawNight,
+    SimRefCatalog,
+    SimTruth,
 )
 
 __all__ = [
@@ -25,5 +27,7 @@ __all__ = [
     "RawFiles",
     "RawIndex",
     "RawNight",
+    "SimRefCatalog",
+    "SimTruth",
     "__version__",
 ]

@@ -89,8 +89,10 @@ ENGINES = ("auto", "numpy", "numba")
 _TIE_RTOL = 1e-11
 # Sorting networks are used up to this many frames; beyond, np.sort (numpy engine only).
 _MAX_NETWORK = 64
-# Pixels per numpy block (≈ N × 4 bytes each in every (N, P) temporary) and rows per numba block.
-_NUMPY_BLOCK_PIXELS = 1 << 15
+# Pixels per numpy block: its 1-D float64 temporaries stay below glibc's default 128 KiB mmap
+# threshold (fresh mmaps page-fault on every block, which costs more than the arithmetic).
+_NUMPY_BLOCK_PIXELS = 16000
+# Rows per numba block.
 _NUMBA_BLOCK_ROWS = 32
 # Pixels per chunk inside the numba kernel (the (N, W) working set stays in L1/L2).
 _NUMBA_CHUNK = 256
@@ -316,10 +318,11 @@ def _network(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
 
 
-def _network_sort_rows(s: np.ndarray, spare: np.ndarray) -> np.ndarray:
-    """Sort the rows-as-values of ``s`` (N, P) along axis 0; returns a sorted (N, P) array.
+def _network_sort_rows(s: np.ndarray, spare: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Sort the rows-as-values of ``s`` (N, P) along axis 0 (``s`` is clobbered).
 
-    Uses ``spare`` (P,) as scratch; swapping row references saves one pass per comparator.
+    Returns the sorted values in ``out`` (N, P), or ``s`` itself for N > 64 (np.sort). ``spare``
+    (P,) is scratch: swapping row references saves one pass per comparator.
     """
     n = s.shape[0]
     if n > _MAX_NETWORK:
@@ -331,10 +334,29 @@ def _network_sort_rows(s: np.ndarray, spare: np.ndarray) -> np.ndarray:
         np.minimum(rows[i], rows[j], out=spare)
         np.maximum(rows[i], rows[j], out=rows[j])
         rows[i], spare = spare, rows[i]
-    out = np.empty_like(s)
     for k in range(n):
         out[k] = rows[k]
     return out
+
+
+class _Scratch:
+    """Reusable buffers of one numpy-engine thread.
+
+    Fresh multi-MB temporaries per block cost more in page faults than in arithmetic; reusing
+    them halves the numpy engine's time.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[str, np.dtype], np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """An uninitialised array of ``shape`` and ``dtype``, reused across calls per ``name``."""
+        size = math.prod(shape)
+        key = (name, np.dtype(dtype))
+        buf = self._bufs.get(key)
+        if buf is None or buf.size < size:
+            buf = self._bufs[key] = np.empty(size, dtype)
+        return buf[:size].reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +376,7 @@ def _spread(
     use_mad: bool,
     outside: tuple[np.ndarray, np.ndarray] | None,
     m: np.ndarray,
+    scratch: _Scratch,
 ) -> np.ndarray:
     """Spread (std ddof 0, or scaled MAD) of the values of each column of ``x`` (N, P) float64.
 
@@ -363,14 +386,15 @@ def _spread(
     |mean − median| ≤ std): accurate to a few N·2⁻⁵², exactly 0 iff the values are all equal.
     The MAD is exact (order-independent), as astropy's.
     """
-    d = x - cen
+    d = np.subtract(x, cen, out=scratch.get("d", x.shape, np.float64))
     fill = np.inf if use_mad else 0.0
     if outside is not None:
         cols, mask = outside
         d[:, cols] = np.where(mask, fill, d[:, cols])
     if use_mad:
         np.abs(d, out=d)
-        d = _network_sort_rows(d, np.empty(d.shape[1]))
+        spare = scratch.get("spare64", (d.shape[1],), np.float64)
+        d = _network_sort_rows(d, spare, scratch.get("d2", d.shape, np.float64))
         return 0.5 * (_pick(d, (m - 1) // 2) + _pick(d, m // 2)) * MAD_TO_STD
     s1 = d.sum(axis=0) / m
     var = np.einsum("ij,ij->j", d, d) / m - s1 * s1
@@ -440,7 +464,7 @@ def _bounds_and_counts(
 
 
 def _numpy_block(
-    block: np.ndarray, spec: ClipSpec, fetch: Callable[[int], np.ndarray]
+    block: np.ndarray, spec: ClipSpec, fetch: Callable[[int], np.ndarray], scratch: _Scratch
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clipped median of the columns of ``block`` (N, P) float32 (overwritten).
 
@@ -448,13 +472,15 @@ def _numpy_block(
     ``(median float32 (P,), n_kept (P,), n_finite (P,))``.
     """
     nfr, npix = block.shape
-    finite = np.isfinite(block)
+    finite = np.isfinite(block, out=scratch.get("finite", block.shape, np.bool_))
     nfin = np.count_nonzero(finite, axis=0)
     bad = np.flatnonzero(nfin < nfr)  # columns with non-finite values (usually few)
     if bad.size:  # non-finite values → +inf: sorted last, never counted
         block[:, bad] = np.where(finite[:, bad], block[:, bad], np.float32(np.inf))
     del finite
-    x = _network_sort_rows(block, np.empty(npix, np.float32)).astype(np.float64)
+    spare = scratch.get("spare32", (npix,), np.float32)
+    x = scratch.get("x", block.shape, np.float64)
+    x[...] = _network_sort_rows(block, spare, scratch.get("sorted", block.shape, np.float32))
     krow = np.arange(nfr)[:, np.newaxis]
 
     # First iteration, on all columns: index picks are plain rows except in the `bad` columns.
@@ -470,7 +496,7 @@ def _numpy_block(
         outside = (bad, krow >= nfin[bad])
     cen = 0.5 * (p1 + p2)
     med = (p1.astype(np.float32) + p2.astype(np.float32)) * np.float32(0.5)
-    std = _spread(x, cen, spec.use_mad, outside, m)
+    std = _spread(x, cen, spec.use_mad, outside, m, scratch)
     ilo, ihi, ties = _bounds_and_counts(x, cen, std, nfin, vmax, spec)
     exact = ties.tolist()
 
@@ -483,7 +509,8 @@ def _numpy_block(
         xa, aa, bb = x[:, act], a[act], b[act]
         mm = bb - aa
         cen = 0.5 * (_pick(xa, aa + (mm - 1) // 2) + _pick(xa, aa + mm // 2))
-        std = _spread(xa, cen, spec.use_mad, (np.arange(act.size), (krow < aa) | (krow >= bb)), mm)
+        outside = (np.arange(act.size), (krow < aa) | (krow >= bb))
+        std = _spread(xa, cen, spec.use_mad, outside, mm, scratch)
         nf = nfin[act]
         il, ih, ties = _bounds_and_counts(xa, cen, std, nf, _pick(xa, nf - 1), spec)
         exact += act[ties].tolist()
@@ -668,11 +695,17 @@ def _numba_namespace() -> dict | None:
     # "__name__" makes numba treat the namespace as this module's (required by its disk cache).
     ns: dict = {"__name__": __name__, "np": np, "math": math}
     for func in (_kth_smallest, _wirth_median, _astropy_bounds, _median_f32, _exact_pixel):
-        clone = types.FunctionType(func.__code__, ns, func.__name__, func.__defaults__)
-        ns[func.__name__] = numba.njit(cache=True, nogil=True)(clone)
-    clone = types.FunctionType(_numba_rows.__code__, ns, "_numba_rows")
-    ns["_numba_rows"] = numba.njit(cache=True, nogil=True)(clone)
+        ns[func.__name__] = _jit(numba, types.FunctionType(func.__code__, ns, func.__name__))
+    ns["_numba_rows"] = _jit(numba, types.FunctionType(_numba_rows.__code__, ns, "_numba_rows"))
     return ns
+
+
+def _jit(numba: types.ModuleType, func: Callable) -> Callable:
+    """``numba.njit(nogil=True)``, cached on disk when a cache location is writable."""
+    try:
+        return numba.njit(cache=True, nogil=True)(func)
+    except RuntimeError:  # "cannot cache function …: no locator available"
+        return numba.njit(nogil=True)(func)
 
 
 def numba_available() -> bool:
@@ -745,6 +778,7 @@ def _run(
 
     totals = np.zeros(3, np.int64)  # finite, kept, empty
     lock = threading.Lock()
+    local = threading.local()  # per-thread scratch buffers, freed with this call
 
     def finish(r0: int, kept: np.ndarray, nfin: np.ndarray) -> None:
         if nused is not None:
@@ -762,7 +796,9 @@ def _run(
 
         def work(r0: int) -> None:
             r1 = min(ny, r0 + rows)
-            block = np.empty((nfr, r1 - r0, nx), np.float32)
+            if not hasattr(local, "scratch"):
+                local.scratch = _Scratch()
+            block = local.scratch.get("block", (nfr, r1 - r0, nx), np.float32)
             for k, f in enumerate(frames):
                 block[k] = f[r0:r1]
 
@@ -770,7 +806,7 @@ def _run(
                 y, x = divmod(p, nx)
                 return np.array([f[r0 + y, x] for f in frames], np.float32)
 
-            med, kept, nfin = _numpy_block(block.reshape(nfr, -1), spec, fetch)
+            med, kept, nfin = _numpy_block(block.reshape(nfr, -1), spec, fetch, local.scratch)
             out[r0:r1] = med.reshape(r1 - r0, nx)
             finish(r0, kept.reshape(r1 - r0, nx), nfin)
 
@@ -811,18 +847,23 @@ def _numba_drive(
         isinstance(stack, np.ndarray) and stack.dtype == np.float32 and stack.flags.c_contiguous
     )
 
+    local = threading.local()
+
     def work(r0: int) -> None:
         r1 = min(ny, r0 + rows)
+        if not hasattr(local, "scratch"):
+            local.scratch = _Scratch()
+        scratch = local.scratch
         if direct:
             src, base = stack, r0
         else:
-            src, base = np.empty((nfr, r1 - r0, nx), np.float32), 0
+            src, base = scratch.get("block", (nfr, r1 - r0, nx), np.float32), 0
             for k, f in enumerate(frames):
                 src[k] = f[r0:r1]
         oblk = out[r0:r1]
-        target = oblk if oblk.flags.c_contiguous else np.empty((r1 - r0, nx), np.float32)
-        kept = np.empty((r1 - r0, nx), np.int32)
-        nfin = np.empty((r1 - r0, nx), np.int32)
+        target = oblk if oblk.flags.c_contiguous else scratch.get("out", oblk.shape, np.float32)
+        kept = scratch.get("kept", (r1 - r0, nx), np.int32)
+        nfin = scratch.get("nfin", (r1 - r0, nx), np.int32)
         kernel(
             src,
             base,
@@ -876,7 +917,7 @@ def clipped_median(
     spec
         The clip definition.
     block_rows
-        Rows per block (bounds the extra memory); default: ≈32k pixels (numpy engine), 32 rows
+        Rows per block (bounds the extra memory); default: ≈16k pixels (numpy engine), 32 rows
         (numba engine). Does not change the result.
     out
         Optional float32 (ny, nx) output array.

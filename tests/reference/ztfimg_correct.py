@@ -1,22 +1,26 @@
 """Reference side of ``tests/test_reference_ztfimg.py``: ztfimg 0.19.0's overscan + NL correction.
 
 Run with the **reference environment's** interpreter (ztfimg 0.19.0, numpy < 2; see
-``reference_pipeline.md`` §10), never imported by the test suite::
+``reference_pipeline.md`` §10); the test suite never imports it::
 
-    python ztfimg_correct.py RAWFILE OUT.npz
+    python ztfimg_correct.py RAWFILE OUT.npz [RAWFILE OUT.npz ...]
 
-``RAWFILE`` must keep its IRSA raw file name (ztfimg parses the date and ccdid from it). Writes
-``OUT.npz`` with
+Each ``RAWFILE`` must keep its IRSA raw file name (ztfimg parses the date and ccdid from it).
+Each ``OUT.npz`` holds
 
 * ``ccd``: ``RawCCD.get_data(corr_nl=True, corr_overscan=True, overscan_prop={"userange":
-  [25, 30]})``, the sky-oriented (6160, 6144) CCD exactly as ztfimg returns it (float32);
+  [25, 30]})``, the sky-oriented (6160, 6144) float32 CCD exactly as ztfimg returns it
+  (ztfimg ≤ 0.19: non-linearity first, then the overscan row model; float32 arithmetic);
+* ``ccd64``: the same call after promoting every quadrant's data and overscan to float64, i.e.
+  ztfimg's formulas without float32 rounding of the intermediate results;
 * ``model_q1`` … ``model_q4``: each quadrant's overscan row model
-  (``get_overscan("model", userange=[25, 30])``, sky/"data" row order), to localise differences;
-* ``nl``: (4, 2) array of the (A, B) non-linearity coefficients of q1..q4.
+  (``get_overscan("model", userange=[25, 30])``, rows in ztfimg's sky/"data" order);
+* ``nl``: (4, 2) array of the (A, B) non-linearity coefficients of q1..q4;
+* ``version``: ``ztfimg.__version__``.
 
 ztfimg ≤ 0.19 corrects the stored data in place (reference_pipeline.md trap 18), so every
 ``get_data`` call gets a freshly loaded ``RawCCD``. ``$ZTFDATA`` must point at a scratch directory
-before ztfimg is imported (the caller sets it; a fallback is set here).
+before ztfimg is imported: the caller sets it, a temporary one is used otherwise.
 """
 
 import os
@@ -28,25 +32,37 @@ os.environ.setdefault("ZTFDATA", tempfile.mkdtemp(prefix="ztfdata-"))
 import numpy as np  # noqa: E402
 import ztfimg  # noqa: E402
 
-USERANGE = [25, 30]
+CORR = {"corr_nl": True, "corr_overscan": True, "overscan_prop": {"userange": [25, 30]}}
 
 
-def load(path: str) -> "ztfimg.RawCCD":
-    """A fresh RawCCD (numpy arrays, no dask) from a local raw file."""
-    return ztfimg.RawCCD.from_filename(path, as_path=True, use_dask=False)
+def load(path, dtype=None):
+    """A fresh RawCCD (numpy arrays, no dask) from a local raw file, optionally promoted."""
+    ccd = ztfimg.RawCCD.from_filename(path, as_path=True, use_dask=False)
+    if dtype is not None:
+        for quad in ccd.quadrants.values():
+            quad.set_data(np.asarray(quad.data, dtype=dtype))
+            quad.set_overscan(np.asarray(quad.overscan, dtype=dtype))
+    return ccd
 
 
-def main(path: str, out: str) -> None:
-    ccd = load(path).get_data(corr_nl=True, corr_overscan=True,
-                              overscan_prop={"userange": USERANGE})
-    quads = load(path)  # get_overscan("model") and the NL coefficients do not mutate the data
-    models = {f"model_q{q}": np.asarray(quads.get_quadrant(q).get_overscan(
-        "model", userange=USERANGE)) for q in range(1, 5)}
-    nl = np.array([quads.get_quadrant(q).get_nonlinearity_corr() for q in range(1, 5)], float)
-    np.savez(out, ccd=np.asarray(ccd), nl=nl, version=ztfimg.__version__, **models)
+def correct(path, out):
+    """Write the reference products of one raw file to ``out`` (see the module docstring)."""
+    fresh = load(path)  # get_overscan("model") and the NL coefficients leave the data unchanged
+    quads = [fresh.get_quadrant(q) for q in range(1, 5)]
+    np.savez(
+        out,
+        ccd=np.asarray(load(path).get_data(**CORR)),
+        ccd64=np.asarray(load(path, np.float64).get_data(**CORR)),
+        nl=np.array([q.get_nonlinearity_corr() for q in quads], dtype=float),
+        version=ztfimg.__version__,
+        **{f"model_q{i}": np.asarray(q.get_overscan("model", userange=[25, 30]))
+           for i, q in enumerate(quads, start=1)},
+    )
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    args = sys.argv[1:]
+    if not args or len(args) % 2:
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2])
+    for raw, npz in zip(args[::2], args[1::2]):
+        correct(raw, npz)

@@ -2,6 +2,7 @@
 
 from ztfluigi.tasks.calib import FocalPlaneFlatImage, FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.raw import RawFile, RawFiles, RawIndex, RawNight
+from ztfluigi.tasks.sim import SimRefCatalog, SimTruth
 
 __all__ = [
     "FocalPlaneFlatImage",
@@ -12,4 +13,6 @@ __all__ = [
     "RawFiles",
     "RawIndex",
     "RawNight",
+    "SimRefCatalog",
+    "SimTruth",
 ]

@@ -114,9 +114,9 @@ class MasterFlat(luigi.Task):
         for led, level in result.led_levels.items():
             header[f"LEDNRM{led:02d}"] = (level, f"median of the LED {led} stack (DN)")
         header["BIASFILE"] = (bias_target.path.rsplit("/", 1)[-1], "master bias used")
-        header["NBADLED"] = (len(unreadable), "flats left out: ILUM_LED missing or not this filter")
+        header["NBADLED"] = (len(unreadable), "flats left out (ILUM_LED missing/wrong)")
         for i, reason in enumerate(unreadable, start=1):
-            header[f"BADLED{i:02d}"] = (reason[:68], "flat left out")
+            header[f"BADLED{i:02d}"] = (reason[:68], "")
         storage.write_fits(self.output(), fits.HDUList([fits.PrimaryHDU(result.flat, header)]))
 
 
@@ -150,8 +150,8 @@ class FocalPlaneLevel(luigi.Task):
         ])  # fmt: skip
         header = provenance_header("fplevel", self.date, None, [], [])
         header["FILTRKEY"] = (self.filtercode, "filter")
-        header["FLTNORM_FP"] = (level, "focal-plane median of Fn x FLTNORM (DN)")
-        header["NFLATS_FP"] = (16, "CCD flats used")
+        header["HIERARCH FLTNORM_FP"] = (level, "focal-plane median of Fn x FLTNORM (DN)")
+        header["HIERARCH NFLATS_FP"] = (16, "CCD flats used")
         storage.write_fits(self.output(), fits.HDUList([fits.PrimaryHDU(header=header), table]))
 
 

@@ -1,0 +1,343 @@
+"""Differential test against the reference implementation: ztfimg 0.19.0 overscan + NL.
+
+ztfimg runs in its own virtualenv (it needs numpy < 2; pin set of ``reference_pipeline.md``
+§10.1) through ``tests/reference/ztfimg_correct.py``; the interpreter is ``$ZTFIMG_PYTHON`` or an
+environment this module builds once in ``$XDG_CACHE_HOME/ztfluigi/ref-ztfimg-0.19.0`` (no skip:
+a reference that cannot be built fails the test).
+
+Inputs: real-size synthetic raw files (``SimArchive(scale=1)``; ztfimg hard-codes the quadrant
+shapes) of a dome flat (≈31 000 DN, where NL matters) and of a science exposure, 2019-04-04.
+ztfimg 0.19.0 applies NL before the overscan model, rows aligned, with its single NL table
+``ccd_amp_coeff_v2``; our default (overscan first, table by date) differs, so the comparison uses
+``CorrectionSpec(order="nl-first", nl_table="ccd_amp_coeff_v2")``.
+
+Tolerance: the two implementations must agree to 1e-3 DN. Both return float32, whose spacing is
+0.002–0.004 DN at 16 384–65 536 DN, so the raw float32 outputs cannot agree to 1e-3 DN there
+(ztfimg rounds every float32 intermediate of the NL formula; we round after NL and after the
+overscan subtraction). Hence two comparisons:
+
+* algorithm, held to 1e-3 DN: ztfimg fed float64 copies of the raw arrays (its own code, no
+  float32 intermediates) against ours fed float64 (a single final rounding to float32): the excess
+  of |Δ| over half a float32 spacing of our value must be ≤ 1e-3 DN;
+* as shipped (float32 in, float32 out on both sides): |Δ| ≤ 1e-3 DN + 4 float32 spacings (the
+  rounding budget of the two float32 chains, ≤ 2.5 + 1 spacings), literal max |Δ| reported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ztfluigi import camera, corrections, nonlinearity, raw
+from ztfluigi.archive.sim import SimArchive
+from ztfluigi.corrections import CorrectionSpec
+from ztfluigi.sim.schedule import SimConfig
+
+ZTFIMG_VERSION = "0.19.0"
+#: reference_pipeline.md §10.1: the pin set under which ztfimg 0.19.0 imports (pyarrow explicit:
+#: dask.dataframe needs it and no package declares it).
+PINS = (
+    f"ztfimg=={ZTFIMG_VERSION}", "numpy<2", "pandas<2.3", "astropy<6.2", "dask<2025", "scipy<1.14",
+    "matplotlib<3.10", "healpy<1.18", "pyarrow<18", "sep<1.3",
+)  # fmt: skip
+REFERENCE_SCRIPT = Path(__file__).parent / "reference" / "ztfimg_correct.py"
+PIP_TIMEOUT = 1800  #: s, the whole `pip install` (≈ 50–110 s with a warm network)
+
+TOLERANCE = 1e-3  #: DN
+FLOAT32_BUDGET = 4  #: float32 spacings allowed for rounding in the as-shipped comparison
+DATE = dt.date(2019, 4, 4)
+CASES = {"flat": 5, "object": 12}  #: image type → ccdid of the synthetic raw file used
+REFERENCE_SPEC = CorrectionSpec(order="nl-first", nl_table="ccd_amp_coeff_v2")
+ORDER_ONLY_SPEC = CorrectionSpec(order="overscan-first", nl_table="ccd_amp_coeff_v2")
+
+
+# --- the reference interpreter ---------------------------------------------------------------
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """Our environment without what would leak this project's Python into the reference one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(PYTHONNOUSERSITE="1", **extra)
+    return env
+
+
+def _ztfimg_version(python: str, scratch: Path) -> str | None:
+    """ztfimg's version as imported by ``python`` (None with the reason if it does not import)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(
+            [python, "-c", "import ztfimg; print(ztfimg.__version__)"],
+            capture_output=True, text=True, timeout=300, cwd=scratch,
+            env=_clean_env(ZTFDATA=str(scratch)),
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"not runnable ({exc})"
+    if proc.returncode:
+        return "import failed: " + proc.stderr.strip()[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ztfluigi"
+
+
+def _build_reference_env(env_dir: Path, log: Path) -> None:
+    """``python -m venv`` + ``pip install`` the pin set into ``env_dir`` (output to ``log``)."""
+    if env_dir.exists():
+        shutil.rmtree(env_dir)
+    with log.open("w") as out:
+        for cmd in (
+            [sys.executable, "-m", "venv", str(env_dir)],
+            [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--no-input",
+             "--disable-pip-version-check", *PINS],
+        ):  # fmt: skip
+            out.write(f"$ {' '.join(cmd)}\n")
+            out.flush()
+            try:
+                proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                      timeout=PIP_TIMEOUT, env=_clean_env())
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"timed out after {PIP_TIMEOUT} s: {' '.join(cmd)}") from None
+            if proc.returncode:
+                raise RuntimeError(f"exit status {proc.returncode}: {' '.join(cmd)}")
+
+
+@dataclass
+class ReferenceEnv:
+    python: str
+    origin: str  #: "$ZTFIMG_PYTHON", "cache" or "built"
+    build_seconds: float | None = None
+
+
+@pytest.fixture(scope="session")
+def ztfimg_python(tmp_path_factory) -> ReferenceEnv:
+    """An interpreter that imports ztfimg 0.19.0: ``$ZTFIMG_PYTHON``, else a cached virtualenv.
+
+    The cache is built under an exclusive ``flock`` (concurrent test processes wait for one
+    build) and marked complete only at the end, so an interrupted build is redone, not reused.
+    """
+    scratch = tmp_path_factory.mktemp("ztfdata-check")
+    given = os.environ.get("ZTFIMG_PYTHON")
+    if given:
+        version = _ztfimg_version(given, scratch)
+        if version != ZTFIMG_VERSION:
+            pytest.fail(f"$ZTFIMG_PYTHON={given} must import ztfimg {ZTFIMG_VERSION}: {version}",
+                        pytrace=False)
+        return ReferenceEnv(given, "$ZTFIMG_PYTHON")
+
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    env_dir = cache / f"ref-ztfimg-{ZTFIMG_VERSION}"
+    marker = env_dir / "ztfluigi-complete.json"
+    python = str(env_dir / "bin" / "python")
+    log = cache / f"ref-ztfimg-{ZTFIMG_VERSION}.log"
+    with (cache / f"ref-ztfimg-{ZTFIMG_VERSION}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            complete = json.loads(marker.read_text()).get("pins") == list(PINS)
+        except (OSError, ValueError):
+            complete = False
+        if complete and _ztfimg_version(python, scratch) == ZTFIMG_VERSION:
+            return ReferenceEnv(python, "cache")
+        start = time.monotonic()
+        try:
+            _build_reference_env(env_dir, log)
+        except (OSError, RuntimeError) as exc:
+            tail = log.read_text()[-3000:] if log.exists() else ""
+            pytest.fail(f"cannot build the ztfimg {ZTFIMG_VERSION} reference environment in "
+                        f"{env_dir} ({exc}); log {log}:\n{tail}", pytrace=False)
+        version = _ztfimg_version(python, scratch)
+        if version != ZTFIMG_VERSION:
+            pytest.fail(f"the reference environment {env_dir} was built but does not import "
+                        f"ztfimg {ZTFIMG_VERSION}: {version}", pytrace=False)
+        seconds = time.monotonic() - start
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pins": list(PINS), "build_seconds": round(seconds, 1)}))
+        os.replace(tmp, marker)
+    print(f"\nbuilt the ztfimg {ZTFIMG_VERSION} reference environment in {seconds:.0f} s")
+    return ReferenceEnv(python, "built", seconds)
+
+
+# --- running both implementations ------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """Numbers (DN) from one raw file; per-quadrant values are keyed by qid."""
+
+    filename: str
+    median_level: float
+    algo_max: float = 0.0  #: max |ours − ztfimg| on float64 inputs
+    algo_excess: dict[int, float] = field(default_factory=dict)  #: minus ½ float32 spacing
+    model_max: dict[int, float] = field(default_factory=dict)  #: overscan row models
+    nl_ours: dict[int, tuple[float, float]] = field(default_factory=dict)
+    nl_ref: dict[int, tuple[float, float]] = field(default_factory=dict)
+    f32_max: dict[int, float] = field(default_factory=dict)  #: as shipped, literal max |Δ|
+    f32_spacings: float = 0.0  #: as shipped, max |Δ| in float32 spacings
+    f32_budget_excess: float = 0.0  #: max(|Δ| − tolerance − budget); ≤ 0 passes
+    default_max: float = 0.0  #: our default spec against ztfimg
+    default_median: float = 0.0
+    order_only_max: float = 0.0  #: overscan-first with ztfimg's table against ztfimg
+    ref_version: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _by_quadrant(values: np.ndarray, reduce=np.max) -> dict[int, float]:
+    return {q: float(reduce(values[camera.quadrant_slice(q, values.shape)])) for q in range(1, 5)}
+
+
+def _spacing32(values: np.ndarray) -> np.ndarray:
+    return np.spacing(np.abs(values).astype(np.float32)).astype(np.float64)
+
+
+def _compare(path: Path, ref_npz: Path, ccdid: int) -> Comparison:
+    ccd = raw.read_raw(path.read_bytes(), path.name)
+    ref = np.load(ref_npz)
+    out = Comparison(path.name, 0.0, ref_version=str(ref["version"]))
+    # Algorithm: float64 inputs on both sides, one final float32 rounding on ours.
+    t0 = time.monotonic()
+    data64 = {q: a.astype(np.float64) for q, a in ccd.data.items()}
+    over64 = {q: a.astype(np.float64) for q, a in ccd.overscan.items()}
+    ours = corrections.correct_ccd(data64, over64, ccdid, DATE, REFERENCE_SPEC).astype(np.float64)
+    out.seconds["ours"] = time.monotonic() - t0
+    del data64, over64
+    ref64 = ref["ccd64"]
+    assert ours.shape == ref64.shape == camera.CCD_SHAPE
+    delta = np.abs(ours - ref64)
+    out.algo_max = float(delta.max())
+    out.algo_excess = _by_quadrant(delta - 0.5 * _spacing32(ours))
+    out.median_level = float(np.median(ref64))
+    del ours, ref64, delta
+    for q in range(1, 5):
+        profile = corrections.overscan_profile(ccd.overscan[q], q, REFERENCE_SPEC.overscan_columns)
+        model = corrections.overscan_model(profile, REFERENCE_SPEC.overscan_terms,
+                                           REFERENCE_SPEC.overscan_clip)
+        # ztfimg's model rows are in sky ("data") order: raw row r is its row n-1-r.
+        out.model_max[q] = float(np.max(np.abs(model - ref[f"model_q{q}"][::-1])))
+        out.nl_ours[q] = nonlinearity.coefficients(ccdid, q, DATE, REFERENCE_SPEC.nl_table)
+        out.nl_ref[q] = tuple(float(v) for v in ref["nl"][q - 1])
+    # As shipped: float32 raw arrays in, float32 CCD out, against ztfimg's float32 output.
+    ref32 = ref["ccd"].astype(np.float64)
+    ours = corrections.correct_ccd(ccd.data, ccd.overscan, ccdid, DATE, REFERENCE_SPEC)
+    delta = np.abs(ours.astype(np.float64) - ref32)
+    spacing = np.maximum(_spacing32(ref32), _spacing32(ours))
+    out.f32_max = _by_quadrant(delta)
+    out.f32_spacings = float(np.max(delta / spacing))
+    out.f32_budget_excess = float(np.max(delta - TOLERANCE - FLOAT32_BUDGET * spacing))
+    del ours, delta, spacing
+    # Our default spec (overscan first, NL table by date) and the order switch alone.
+    delta = np.abs(corrections.correct_ccd(ccd.data, ccd.overscan, ccdid, DATE) - ref32)
+    out.default_max, out.default_median = float(delta.max()), float(np.median(delta))
+    delta = np.abs(corrections.correct_ccd(ccd.data, ccd.overscan, ccdid, DATE, ORDER_ONLY_SPEC)
+                   - ref32)  # fmt: skip
+    out.order_only_max = float(delta.max())
+    return out
+
+
+def _run_reference(python: str, jobs: list[tuple[Path, Path]], scratch: Path) -> None:
+    args = [str(p) for job in jobs for p in job]
+    proc = subprocess.run(
+        [python, str(REFERENCE_SCRIPT), *args], capture_output=True, text=True, timeout=900,
+        cwd=scratch, env=_clean_env(ZTFDATA=str(scratch)),
+    )  # fmt: skip
+    if proc.returncode:
+        pytest.fail(f"{REFERENCE_SCRIPT.name} failed (exit {proc.returncode}):\n"
+                    f"{proc.stderr[-4000:]}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def comparisons(ztfimg_python, tmp_path_factory) -> dict[str, Comparison]:
+    """Both implementations on a flat and a science raw file; only the numbers are kept."""
+    work = tmp_path_factory.mktemp("ref-ztfimg")
+    archive = SimArchive(SimConfig(seed=0, scale=1))
+    by_type: dict[str, list] = {}
+    for exposure in archive.exposures(DATE).values():
+        by_type.setdefault(exposure.imgtype, []).append(exposure)
+    jobs: dict[str, tuple[Path, Path]] = {}
+    t0 = time.monotonic()
+    for imgtype, ccdid in CASES.items():
+        name = by_type[imgtype][0].raw_name(ccdid)
+        path = work / name.filename  # ztfimg parses the date and ccdid from the IRSA name
+        path.write_bytes(archive.fetch_raw(name))
+        jobs[imgtype] = (path, work / f"{name.filename}.ztfimg.npz")
+    generated = time.monotonic() - t0
+    t0 = time.monotonic()
+    _run_reference(ztfimg_python.python, list(jobs.values()), work)
+    reference = time.monotonic() - t0
+    results = {}
+    for imgtype, (path, npz) in jobs.items():
+        t0 = time.monotonic()
+        results[imgtype] = _compare(path, npz, CASES[imgtype])
+        results[imgtype].seconds.update(generate=generated, reference=reference,
+                                        compare=time.monotonic() - t0)
+        npz.unlink()
+        path.unlink()
+    return results
+
+
+# --- the tests -------------------------------------------------------------------------------
+
+
+def _report(record_property, env: ReferenceEnv, c: Comparison) -> None:
+    numbers = {
+        "file": c.filename, "ztfimg": c.ref_version, "reference_python": env.python,
+        "reference_origin": env.origin, "reference_build_s": env.build_seconds,
+        "median_level_dn": round(c.median_level, 1), "algo_max_dn": c.algo_max,
+        "algo_excess_dn": c.algo_excess, "overscan_model_max_dn": c.model_max,
+        "float32_max_dn": c.f32_max, "float32_max_spacings": c.f32_spacings,
+        "default_spec_max_dn": c.default_max, "default_spec_median_dn": c.default_median,
+        "order_only_max_dn": c.order_only_max,
+        "seconds": {k: round(v, 1) for k, v in c.seconds.items()},
+    }  # fmt: skip
+    for key, value in numbers.items():
+        record_property(key, value)
+    print(json.dumps(numbers, indent=1, default=str))
+
+
+@pytest.mark.parametrize("imgtype", list(CASES))
+def test_overscan_and_nl_match_ztfimg_0_19(imgtype, comparisons, ztfimg_python, record_property):
+    c = comparisons[imgtype]
+    _report(record_property, ztfimg_python, c)
+    assert c.ref_version == ZTFIMG_VERSION
+    assert c.nl_ours == c.nl_ref, "NL coefficients differ from ztfimg's ccd_amp_coeff_v2"
+    assert max(c.model_max.values()) <= TOLERANCE, f"overscan row models differ: {c.model_max}"
+    worst = max(c.algo_excess.values())
+    assert worst <= TOLERANCE, (
+        f"{c.filename}: ours − ztfimg {ZTFIMG_VERSION} (float64 inputs) exceeds half a float32 "
+        f"spacing by {worst:.3g} DN > {TOLERANCE} DN (per quadrant {c.algo_excess}; "
+        f"raw max |Δ| {c.algo_max:.3g} DN)"
+    )
+
+
+@pytest.mark.parametrize("imgtype", list(CASES))
+def test_float32_outputs_agree_within_rounding(imgtype, comparisons):
+    c = comparisons[imgtype]
+    assert c.f32_budget_excess <= 0.0, (
+        f"{c.filename}: float32 ours − ztfimg {ZTFIMG_VERSION} reaches {c.f32_spacings:.2f} "
+        f"float32 spacings (max |Δ| per quadrant {c.f32_max} DN), beyond {TOLERANCE} DN + "
+        f"{FLOAT32_BUDGET} spacings"
+    )
+
+
+@pytest.mark.parametrize("imgtype", list(CASES))
+def test_default_spec_differs_from_ztfimg_0_19(imgtype, comparisons):
+    # The switch to nl-first + ccd_amp_coeff_v2 is real: our default is measurably different
+    # (2019-04-04 takes the 201803 table; the order alone moves bright pixels by ≈ B·pedestal·x).
+    c = comparisons[imgtype]
+    assert c.default_max > 1.0, f"default spec within {c.default_max:.3g} DN of ztfimg 0.19"
+    assert c.order_only_max > 100 * TOLERANCE, (
+        f"the order alone changes only {c.order_only_max:.3g} DN")
+    if imgtype == "flat":
+        assert c.default_median > 1.0, f"median |Δ| {c.default_median:.3g} DN on a flat"
