@@ -100,3 +100,29 @@ def test_spec_header_cards_and_validation():
     assert cards["CORRORD"] == "overscan-first" and cards["OSCOLS"] == "25:30"
     with pytest.raises(ValueError):
         CorrectionSpec(order="sideways")
+
+
+@pytest.mark.parametrize("imgtype", ["flat", "object"])
+def test_pocket_correction_recovers_the_simulated_truth(imgtype):
+    """After 2019-10-22 the simulator applies the pocket effect (CCD 6 is the worst); with the
+    switch on, the charge deficit of the first-read columns and the trails disappear."""
+    from ztfluigi.sim import detector, rawfile, schedule
+
+    cfg, date, ccdid, qid = schedule.SimConfig(scale=16), dt.date(2020, 1, 15), 6, 1
+    exp = next(e for e in schedule.night_log(cfg, date) if e.imgtype == imgtype)
+    data, over = rawfile.render_quadrant(cfg, date, exp, ccdid, qid)
+    shape = camera.quadrant_shape(16)
+    amp = detector.amplifier(0, ccdid, qid, date)
+    truth = rawfile.expected_electrons(cfg, exp, ccdid, qid, shape) / amp.gain
+    truth += detector.bias_structure(0, ccdid, qid, shape)
+    resid = {}
+    for switch in (False, True):
+        corrected = corrections.correct_quadrant(data, over, ccdid, qid, date,
+                                                 CorrectionSpec(pocket=switch))  # fmt: skip
+        resid[switch] = camera.raw_to_read(corrected - truth, qid)
+    noise = resid[True].std() / np.sqrt(shape[0])  # error of a column mean
+    first_off, first_on = resid[False][:, 0].mean(), resid[True][:, 0].mean()
+    assert first_off < -20 * noise  # the pocket swallows charge at the start of each row
+    assert abs(first_on) < max(10 * noise, 0.02 * abs(first_off))
+    assert resid[True].std() < 0.9 * resid[False].std()
+    assert CorrectionSpec().pocket is False  # off by default, as in production
