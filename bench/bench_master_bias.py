@@ -90,7 +90,8 @@ def main() -> None:
     input_gb = sum(f.nbytes for f in frames) / 1e9
     record = {
         "frames": len(frames), "shape": list(frames[0].shape), "input_GB": round(input_gb, 2),
-        "read_fitsio_s_per_file": round(t_fitsio, 3), "read_astropy_s_per_file": round(t_astropy, 3),
+        "read_fitsio_s_per_file": round(t_fitsio, 3),
+        "read_astropy_s_per_file": round(t_astropy, 3),
         "read_ratio_astropy_over_fitsio": round(t_astropy / t_fitsio, 2),
         "read_s": round(t_read, 2), "corrections_s": round(t_corr, 2),
         "stack_s": round(t_stack, 2), "stack_peak_GB": round(mem_stack, 2),

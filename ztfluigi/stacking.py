@@ -37,12 +37,13 @@ deviations, so 3σ clipping never rejects it when N ≤ 7 (trap 8: flats have 5 
 MAD is not inflated by the outlier.
 
 Exactness. The float64 centre, MAD and bounds of the ``"mad"`` method do not depend on the order
-of the values. The ``std`` does (astropy sums in the order left by its Wirth selection); we sum in
-sorted order, which differs by a few ulps. Whenever a finite value lies within ``1e-11·(|c| + σ·s)``
-of a bound computed that way (essentially never on real data; e.g. integer data exactly on a
-bound), the pixel is recomputed by an exact emulation of astropy's C routine
-(``astropy/stats/src/compute_bounds.c``), so the results are bitwise identical to astropy, the only
-possible difference being the sign of a zero result.
+of the values. The ``std`` does: astropy sums in the order left by its Wirth selection, we sum in
+sorted order (numba) or use a shifted one-pass formula (numpy), which differ by a few ulps. Where a
+finite value lies within ``1e-11·(|c| + σ·s)`` of a bound computed that way (essentially never on
+real data; e.g. quantised data exactly on a bound), the pixel is recomputed by an exact emulation
+of astropy's C routine (``astropy/stats/src/compute_bounds.c``). So results are bitwise identical
+to astropy + ``np.nanmedian`` for float32 input (the only conceivable difference is the sign of a
+zero result), and so are the kept-value counts.
 
 Algorithm: per block of rows, sort each pixel's values with a sorting network (non-finite values
 → +inf, last); the centre is then an index pick, the kept values are a contiguous run of the
@@ -91,7 +92,7 @@ _TIE_RTOL = 1e-11
 _MAX_NETWORK = 64
 # Pixels per numpy block: its 1-D float64 temporaries stay below glibc's default 128 KiB mmap
 # threshold (fresh mmaps page-fault on every block, which costs more than the arithmetic).
-_NUMPY_BLOCK_PIXELS = 16000
+_NUMPY_BLOCK_PIXELS = 24576
 # Rows per numba block.
 _NUMBA_BLOCK_ROWS = 32
 # Pixels per chunk inside the numba kernel (the (N, W) working set stays in L1/L2).
@@ -370,66 +371,64 @@ def _pick(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return a.reshape(-1).take(idx * ncol + np.arange(ncol))
 
 
+def _row_or_pick(
+    a: np.ndarray,
+    row: int,
+    cols: np.ndarray | None,
+    idx: np.ndarray | None,
+    out: np.ndarray,
+) -> np.ndarray:
+    """``out[p] = a[row, p]``, except ``a[idx[i], cols[i]]`` for the listed columns."""
+    np.copyto(out, a[row])
+    if cols is not None and cols.size:
+        out[cols] = _pick(a[:, cols], idx)
+    return out
+
+
 def _spread(
     x: np.ndarray,
     cen: np.ndarray,
     use_mad: bool,
-    outside: tuple[np.ndarray, np.ndarray] | None,
+    partial: tuple[np.ndarray, np.ndarray] | None,
     m: np.ndarray,
     scratch: _Scratch,
+    tag: str,
 ) -> np.ndarray:
     """Spread (std ddof 0, or scaled MAD) of the values of each column of ``x`` (N, P) float64.
 
-    ``x`` is sorted along axis 0; ``outside = (cols, mask)`` excludes ``mask`` (N, len(cols))
-    entries of columns ``cols`` (not in the run); ``m`` = number of values per column. The std
-    uses the shifted one-pass formula about the median ``cen`` (no cancellation, since
+    ``x`` is sorted along axis 0; ``partial = (cols, outside)``: in columns ``cols`` only the
+    entries where ``outside`` (N, len(cols)) is False count, ``m`` per column (N elsewhere). The
+    std uses the shifted one-pass formula about the median ``cen`` (no cancellation, since
     |mean − median| ≤ std): accurate to a few N·2⁻⁵², exactly 0 iff the values are all equal.
-    The MAD is exact (order-independent), as astropy's.
+    The MAD is exact (order-independent), as astropy's. Buffers: ``scratch``, names ``tag…``.
     """
-    d = np.subtract(x, cen, out=scratch.get("d", x.shape, np.float64))
-    fill = np.inf if use_mad else 0.0
-    if outside is not None:
-        cols, mask = outside
-        d[:, cols] = np.where(mask, fill, d[:, cols])
+    nfr, npix = x.shape
+    d = np.subtract(x, cen, out=scratch.get(tag + "d", x.shape, np.float64))
+    cols = None
+    if partial is not None:
+        cols, outside = partial
+        d[:, cols] = np.where(outside, np.inf if use_mad else 0.0, d[:, cols])
+    out = scratch.get(tag + "spread", (npix,), np.float64)
     if use_mad:
         np.abs(d, out=d)
-        spare = scratch.get("spare64", (d.shape[1],), np.float64)
-        d = _network_sort_rows(d, spare, scratch.get("d2", d.shape, np.float64))
-        return 0.5 * (_pick(d, (m - 1) // 2) + _pick(d, m // 2)) * MAD_TO_STD
-    s1 = d.sum(axis=0) / m
-    var = np.einsum("ij,ij->j", d, d) / m - s1 * s1
-    return np.sqrt(np.maximum(var, 0.0))
-
-
-def _tie_columns(
-    x: np.ndarray,
-    cen: np.ndarray,
-    std: np.ndarray,
-    sigma: float,
-    bounds: tuple[np.ndarray, np.ndarray],
-    counts: tuple[np.ndarray, np.ndarray],
-    extremes: tuple[np.ndarray, np.ndarray],
-    clipped: np.ndarray,
-) -> np.ndarray:
-    """Columns with a value within ``_TIE_RTOL·(|c| + σ·s)`` of a bound (and s > 0).
-
-    Their keep/reject decisions could differ under astropy's summation order of the std. The
-    values nearest to the bounds are the extremes (``vmin``, ``vmax``) where nothing is clipped,
-    else those around the counts ``il``/``ih`` (checked for the ``clipped`` columns only).
-    """
-    lower, upper = bounds
-    il, ih = counts
-    vmin, vmax = extremes
-    nfr = x.shape[0]
-    tol = _TIE_RTOL * (np.abs(cen) + sigma * std)
-    near = (np.abs(vmin - lower) <= tol) | (np.abs(vmax - upper) <= tol)
-    if clipped.size:
-        xs, ts = x[:, clipped], tol[clipped]
-        for idx, bound in ((il - 1, lower), (il, lower), (ih - 1, upper), (ih, upper)):
-            idx, bound = idx[clipped], bound[clipped]
-            v = _pick(xs, np.clip(idx, 0, nfr - 1))
-            near[clipped] |= (idx >= 0) & (idx < nfr) & (np.abs(v - bound) <= ts)
-    return np.flatnonzero(near & (std > 0))
+        spare = scratch.get("spare64", (npix,), np.float64)
+        d = _network_sort_rows(d, spare, scratch.get(tag + "d2", d.shape, np.float64))
+        mc = None if cols is None else m[cols]
+        _row_or_pick(d, (nfr - 1) // 2, cols, None if mc is None else (mc - 1) // 2, out)
+        hi = scratch.get(tag + "spread2", (npix,), np.float64)
+        _row_or_pick(d, nfr // 2, cols, None if mc is None else mc // 2, hi)
+        out += hi
+        out *= 0.5  # as astropy: (0.5 * (lo + hi)) * K, in this order
+        out *= MAD_TO_STD
+        return out
+    s1 = d.sum(axis=0, out=scratch.get(tag + "s1", (npix,), np.float64))
+    np.einsum("ij,ij->j", d, d, out=out)
+    s1 /= m
+    out /= m
+    s1 *= s1
+    out -= s1
+    np.maximum(out, 0.0, out=out)
+    return np.sqrt(out, out=out)
 
 
 def _bounds_and_counts(
@@ -439,17 +438,25 @@ def _bounds_and_counts(
     nfin: np.ndarray,
     vmax: np.ndarray,
     spec: ClipSpec,
+    scratch: _Scratch,
+    tag: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bounds, then ``il`` / ``ih`` = numbers of finite values < lower / ≤ upper per column.
 
-    Returns ``(il, ih, tie_columns)``. Only columns whose extreme values are out of bounds need
-    a full count.
+    ``x`` (N, P) is sorted, non-finite values (+inf) last; ``vmax`` = largest finite value.
+    Only columns whose extreme values are out of bounds need a full count. Returns
+    ``(il, ih, tie_columns)``: the latter have a value within ``_TIE_RTOL·(|c| + σ·s)`` of a
+    bound (and s > 0), where astropy's summation order of the std could decide differently.
     """
-    lower = cen - spec.sigma * std
-    upper = cen + spec.sigma * std
+    npix = x.shape[1]
+    sig_std = np.multiply(std, spec.sigma, out=scratch.get(tag + "sigstd", (npix,), np.float64))
+    lower = np.subtract(cen, sig_std, out=scratch.get(tag + "lower", (npix,), np.float64))
+    upper = np.add(cen, sig_std, out=scratch.get(tag + "upper", (npix,), np.float64))
     vmin = x[0]
-    il = np.zeros(x.shape[1], np.intp)
-    ih = nfin.astype(np.intp)
+    il = scratch.get(tag + "il", (npix,), np.intp)
+    il.fill(0)
+    ih = scratch.get(tag + "ih", (npix,), np.intp)
+    np.copyto(ih, nfin)
     lowc = np.flatnonzero(vmin < lower)
     if lowc.size:
         il[lowc] = np.count_nonzero(x[:, lowc] < lower[lowc], axis=0)
@@ -458,9 +465,24 @@ def _bounds_and_counts(
         ih[highc] = np.count_nonzero(x[:, highc] <= upper[highc], axis=0)
     if spec.use_mad:  # the MAD bounds are exact
         return il, ih, np.zeros(0, np.intp)
+
+    # Nearest values to the bounds: vmin / vmax where nothing is clipped, else around il / ih.
+    tol = np.abs(cen, out=scratch.get(tag + "tol", (npix,), np.float64))
+    tol += sig_std
+    tol *= _TIE_RTOL
+    dist = np.subtract(vmin, lower, out=scratch.get(tag + "dist", (npix,), np.float64))
+    near = np.abs(dist, out=dist) <= tol
+    np.subtract(vmax, upper, out=dist)
+    near |= np.abs(dist, out=dist) <= tol
     clipped = np.union1d(lowc, highc)
-    ties = _tie_columns(x, cen, std, spec.sigma, (lower, upper), (il, ih), (vmin, vmax), clipped)
-    return il, ih, ties
+    if clipped.size:
+        nfr = x.shape[0]
+        xs, ts = x[:, clipped], tol[clipped]
+        ilc, ihc, loc, upc = il[clipped], ih[clipped], lower[clipped], upper[clipped]
+        for idx, bound in ((ilc - 1, loc), (ilc, loc), (ihc - 1, upc), (ihc, upc)):
+            v = _pick(xs, np.clip(idx, 0, nfr - 1))
+            near[clipped] |= (idx >= 0) & (idx < nfr) & (np.abs(v - bound) <= ts)
+    return il, ih, np.flatnonzero(near & (std > 0))
 
 
 def _numpy_block(
@@ -469,58 +491,67 @@ def _numpy_block(
     """Clipped median of the columns of ``block`` (N, P) float32 (overwritten).
 
     ``fetch(p)`` returns the original values of column ``p`` (for the exact fallback). Returns
-    ``(median float32 (P,), n_kept (P,), n_finite (P,))``.
+    ``(median float32 (P,), n_kept (P,), n_finite (P,))``, views of ``scratch`` buffers, valid
+    until its next use. Temporaries come from ``scratch`` too: fresh multi-100-kB arrays per
+    block cost more in page faults than the arithmetic.
     """
     nfr, npix = block.shape
-    finite = np.isfinite(block, out=scratch.get("finite", block.shape, np.bool_))
-    nfin = np.count_nonzero(finite, axis=0)
+    get = scratch.get
+    finite = np.isfinite(block, out=get("finite", block.shape, np.bool_))
+    nfin = finite.sum(axis=0, dtype=np.intp, out=get("nfin", (npix,), np.intp))
     bad = np.flatnonzero(nfin < nfr)  # columns with non-finite values (usually few)
     if bad.size:  # non-finite values → +inf: sorted last, never counted
         block[:, bad] = np.where(finite[:, bad], block[:, bad], np.float32(np.inf))
-    del finite
-    spare = scratch.get("spare32", (npix,), np.float32)
-    x = scratch.get("x", block.shape, np.float64)
-    x[...] = _network_sort_rows(block, spare, scratch.get("sorted", block.shape, np.float32))
+    spare = get("spare32", (npix,), np.float32)
+    x = get("x", block.shape, np.float64)
+    x[...] = _network_sort_rows(block, spare, get("sorted", block.shape, np.float32))
     krow = np.arange(nfr)[:, np.newaxis]
 
-    # First iteration, on all columns: index picks are plain rows except in the `bad` columns.
-    p1, p2, vmax = x[(nfr - 1) // 2].copy(), x[nfr // 2].copy(), x[nfr - 1].copy()
-    m = np.maximum(nfin, 1)
-    outside = None
+    # First iteration, all columns: index picks are plain rows except in the `bad` columns.
+    m = np.maximum(nfin, 1, out=get("m", (npix,), np.intp))
+    mb = m[bad]
+    p1 = _row_or_pick(x, (nfr - 1) // 2, bad, (mb - 1) // 2, get("p1", (npix,), np.float64))
+    p2 = _row_or_pick(x, nfr // 2, bad, mb // 2, get("p2", (npix,), np.float64))
+    vmax = _row_or_pick(x, nfr - 1, bad, mb - 1, get("vmax", (npix,), np.float64))
     if bad.size:
-        xb, mb = x[:, bad], m[bad]
-        empty = nfin[bad] == 0
-        p1[bad] = np.where(empty, 0.0, _pick(xb, (mb - 1) // 2))
-        p2[bad] = np.where(empty, 0.0, _pick(xb, mb // 2))
-        vmax[bad] = _pick(xb, mb - 1)
-        outside = (bad, krow >= nfin[bad])
-    cen = 0.5 * (p1 + p2)
-    med = (p1.astype(np.float32) + p2.astype(np.float32)) * np.float32(0.5)
-    std = _spread(x, cen, spec.use_mad, outside, m, scratch)
-    ilo, ihi, ties = _bounds_and_counts(x, cen, std, nfin, vmax, spec)
+        empty = bad[nfin[bad] == 0]
+        p1[empty] = p2[empty] = vmax[empty] = 0.0
+    cen = np.add(p1, p2, out=get("cen", (npix,), np.float64))
+    cen *= 0.5
+    med = get("med", (npix,), np.float32)
+    med[...] = p1
+    p2f = get("p2f", (npix,), np.float32)
+    p2f[...] = p2
+    med += p2f  # numpy's median: float32 (a + b) * 0.5
+    med *= np.float32(0.5)
+    partial = (bad, krow >= nfin[bad]) if bad.size else None
+    std = _spread(x, cen, spec.use_mad, partial, m, scratch, "")
+    ilo, ihi, ties = _bounds_and_counts(x, cen, std, nfin, vmax, spec, scratch, "")
     exact = ties.tolist()
 
     # Further iterations, on the columns whose kept run [a, b) changed (astropy's buffer).
-    a, b = ilo.copy(), ihi.copy()
-    act = np.flatnonzero((b - a != nfin) & (b > a))
+    nkept = np.subtract(ihi, ilo, out=get("nkept", (npix,), np.intp))
+    act = np.flatnonzero((nkept != nfin) & (nkept > 0)) if spec.iterations > 1 else []
+    if len(act):
+        a, b = ilo.copy(), ihi.copy()
     for _ in range(spec.iterations - 1):
-        if act.size == 0:
+        if len(act) == 0:
             break
-        xa, aa, bb = x[:, act], a[act], b[act]
+        xa, aa, bb = np.ascontiguousarray(x[:, act]), a[act], b[act]
         mm = bb - aa
         cen = 0.5 * (_pick(xa, aa + (mm - 1) // 2) + _pick(xa, aa + mm // 2))
-        outside = (np.arange(act.size), (krow < aa) | (krow >= bb))
-        std = _spread(xa, cen, spec.use_mad, outside, mm, scratch)
+        partial = (np.arange(act.size), (krow < aa) | (krow >= bb))
+        std = _spread(xa, cen, spec.use_mad, partial, mm, scratch, "it_")
         nf = nfin[act]
-        il, ih, ties = _bounds_and_counts(xa, cen, std, nf, _pick(xa, nf - 1), spec)
+        il, ih, ties = _bounds_and_counts(xa, cen, std, nf, _pick(xa, nf - 1), spec, scratch, "it_")
         exact += act[ties].tolist()
         ilo[act], ihi[act] = il, ih
         na, nb = np.maximum(aa, il), np.minimum(bb, ih)
-        nkept = np.maximum(nb - na, 0)
+        n_run = np.maximum(nb - na, 0)
         a[act], b[act] = na, nb
-        act = act[(nkept != mm) & (nkept != 0)]
+        act = act[(n_run != mm) & (n_run != 0)]
 
-    nkept = ihi - ilo
+    np.subtract(ihi, ilo, out=nkept)
     moved = np.flatnonzero((nkept != nfin) & (nkept > 0))  # clipped: median of the kept run
     if moved.size:
         xs, lo_m, nk = x[:, moved], ilo[moved], nkept[moved]

@@ -47,16 +47,21 @@ def load(path, dtype=None):
 
 def correct(path, out):
     """Write the reference products of one raw file to ``out`` (see the module docstring)."""
-    fresh = load(path)  # get_overscan("model") and the NL coefficients leave the data unchanged
-    quads = [fresh.get_quadrant(q) for q in range(1, 5)]
+    ccd = load(path)
+    quads = [ccd.get_quadrant(q) for q in range(1, 5)]
+    # Read-only queries first: get_overscan("model") and the NL coefficients leave data unchanged.
+    models = {
+        f"model_q{i}": np.asarray(q.get_overscan("model", userange=[25, 30]))
+        for i, q in enumerate(quads, start=1)
+    }
+    nl = np.array([q.get_nonlinearity_corr() for q in quads], dtype=float)
     np.savez(
         out,
-        ccd=np.asarray(load(path).get_data(**CORR)),
+        ccd=np.asarray(ccd.get_data(**CORR)),
         ccd64=np.asarray(load(path, np.float64).get_data(**CORR)),
-        nl=np.array([q.get_nonlinearity_corr() for q in quads], dtype=float),
+        nl=nl,
         version=ztfimg.__version__,
-        **{f"model_q{i}": np.asarray(q.get_overscan("model", userange=[25, 30]))
-           for i, q in enumerate(quads, start=1)},
+        **models,
     )
 
 
@@ -64,5 +69,5 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if not args or len(args) % 2:
         sys.exit(__doc__)
-    for raw, npz in zip(args[::2], args[1::2]):
+    for raw, npz in zip(args[::2], args[1::2], strict=True):
         correct(raw, npz)
