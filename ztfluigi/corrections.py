@@ -74,12 +74,12 @@ def overscan_model(profile: np.ndarray, n_terms: int = 3, clip: float = 3.0) -> 
 def subtract_overscan(
     data: np.ndarray, overscan: np.ndarray, qid: int, spec: CorrectionSpec = CorrectionSpec()
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Data and overscan (raw orientation) minus the overscan row model, float32."""
+    """Data and overscan (raw orientation) minus the overscan row model (float64)."""
     model = overscan_model(
         overscan_profile(overscan, qid, spec.overscan_columns), spec.overscan_terms,
         spec.overscan_clip,
     )[:, None]  # fmt: skip
-    return (data - model).astype(np.float32), (overscan - model).astype(np.float32)
+    return data - model, overscan - model
 
 
 def correct_quadrant(
@@ -90,8 +90,12 @@ def correct_quadrant(
     date: dt.date,
     spec: CorrectionSpec = CorrectionSpec(),
 ) -> np.ndarray:
-    """Overscan, non-linearity (and optionally pocket) corrected quadrant, raw orientation."""
+    """Overscan, non-linearity (and optionally pocket) corrected quadrant, raw orientation.
+
+    Arithmetic stays in float64 and is rounded to float32 once, at the end.
+    """
     a, b = nonlinearity.coefficients(ccdid, qid, date, table=spec.nl_table)
+    data, overscan = data.astype(np.float64), overscan.astype(np.float64)
     if spec.order == "nl-first":
         data = nonlinearity.correct(data, a, b)
         data, overscan = subtract_overscan(data, overscan, qid, spec)

@@ -1,0 +1,399 @@
+"""The virtual science quadrant: detrended pixels, IPAC-derived header and mask (pure numpy).
+
+Reference behaviour (``reference_pipeline.md`` §5.2–5.3) and where we deliberately differ:
+
+* pixels, per sky-oriented CCD: ``S = (R − B) / Fn × FLTNORM_FP / FLTNORM`` in float32, with R
+  the overscan/NL-corrected raw CCD, B the master bias, Fn the normalised master flat (trap 10:
+  the focal-plane factor is what removes CCD-to-CCD steps);
+* **bad flat pixels** (Fn ≤ 0 or non-finite) give **NaN**, never ±inf, and are counted (the
+  reference divides blindly: 0 → inf, 0/0 → NaN, negative → sign flip). The attached mask gets
+  IPAC bit 10 (``NAN``) on every non-finite science pixel, so photometry excludes them;
+* quadrants are split back to **raw/IPAC orientation** (trap 11), the orientation of IPAC's
+  ``sciimg``/``mskimg`` and of their WCS. :func:`science_quadrant_data` corrects and detrends one
+  quadrant only; it equals the quadrant of :func:`science_ccd` exactly;
+* header: raw primary ← raw quadrant extension ← IPAC ``sciimg`` header, IPAC-only bookkeeping
+  removed as the reference does, and **trap 13** handled: IPAC's zero points, magnitude limit and
+  ``SATURATE`` describe IPAC's image, not ours. They are kept under ``IP*`` names with a comment
+  saying so (:data:`IPAC_RENAMED`), the colour-term companions of the dropped ``CLRCOEFF`` are
+  removed (:data:`IPAC_DROPPED`), and ``SATURATE`` is recomputed for our image when a saturation
+  level is known (:func:`science_saturation`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+
+from ztfluigi import camera
+from ztfluigi import provenance as prov
+from ztfluigi.corrections import CorrectionSpec, correct_quadrant
+from ztfluigi.naming import RawName
+from ztfluigi.raw import RawCCD
+
+logger = logging.getLogger(__name__)
+
+MASK_NAN_BIT = 10  #: IPAC mskimg bit "NAN (not a number)"
+
+#: Keys dropped by the reference after the merge (``startswith``), ztfin2p3 ``science.py``.
+REFERENCE_DROPPED_PREFIXES = (
+    "CID", "CAL", "CLRC", "APCOR", "FIXAPERS", "NMATCHES", "BIT", "HISTORY", "COMMENT",
+    "CHECKSUM", "DATASUM",
+)  # fmt: skip
+
+#: Trap 13: IPAC photometric keys of IPAC's image, kept under another name (≤ 8 characters).
+IPAC_RENAMED = {
+    "MAGZP": "IPMAGZP",
+    "MAGZPUNC": "IPZPUNC",
+    "MAGZPRMS": "IPZPRMS",
+    "ZPMED": "IPZPMED",
+    "ZPAVG": "IPZPAVG",
+    "ZPRMSALL": "IPZPRMSA",
+    "MAGLIM": "IPMAGLIM",
+    "SATURATE": "IPSATUR",
+}
+IPAC_NOTE = "IPAC's image, not this one"
+
+#: IPAC photometric-fit keys without meaning once MAGZP/CLRCOEFF are gone (and SCAMP's unused
+#: photometric zero point / flux scale): removed.
+IPAC_DROPPED = ("ZPCLRCOV", "PCOLOR", "CLRMED", "CLRAVG", "CLRRMS", "MAGZEROP", "FLXSCALE")
+
+#: Structural keys of any HDU (and data-scaling keys, which would rescale our float32 pixels).
+_STRUCTURAL = re.compile(
+    r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|TFIELDS|TTYPE\d+|TFORM\d+|TUNIT\d+"
+    r"|TDIM\d+|THEAP|TNULL\d+|TSCAL\d+|TZERO\d+|BSCALE|BZERO|BLANK|GROUPS|END)$"
+)
+_COMMENTARY = ("HISTORY", "COMMENT", "")
+
+
+class ScienceError(ValueError):
+    """Inputs that cannot make a science image (shapes, normalisations)."""
+
+
+@dataclass
+class ScienceQuadrant:
+    """One virtual science quadrant, raw/IPAC orientation."""
+
+    data: np.ndarray  #: float32 (rows, cols), NaN where undefined
+    header: fits.Header  #: merged raw + IPAC header, trap-13 keys handled, provenance
+    mask: np.ndarray  #: int16 IPAC bit mask, bit 10 set on non-finite data
+
+
+# --- pixels ----------------------------------------------------------------------------------
+
+
+def _norm_factor(fltnorm: float, fltnorm_fp: float) -> np.float32:
+    for name, value in (("FLTNORM", fltnorm), ("FLTNORM_FP", fltnorm_fp)):
+        if value is None or not np.isfinite(value) or value <= 0:
+            raise ScienceError(f"{name} must be a positive finite number, got {value!r}")
+    return np.float32(float(fltnorm_fp) / float(fltnorm))
+
+
+def bad_flat(flat: np.ndarray) -> np.ndarray:
+    """Boolean map of flat pixels that cannot divide: ≤ 0 or non-finite."""
+    flat = np.asarray(flat)
+    with np.errstate(invalid="ignore"):
+        return ~(np.isfinite(flat) & (flat > 0))
+
+
+def detrend(
+    corrected: np.ndarray,
+    bias: np.ndarray,
+    flat: np.ndarray,
+    fltnorm: float,
+    fltnorm_fp: float,
+) -> tuple[np.ndarray, int]:
+    """``(R − B) / Fn × FLTNORM_FP / FLTNORM`` (float32) and the number of bad-flat pixels.
+
+    Element-wise, so any orientation works as long as the three arrays share it. Bad flat pixels
+    (:func:`bad_flat`) are set to NaN instead of the reference's inf/NaN/sign-flipped values.
+    """
+    shapes = {np.shape(corrected), np.shape(bias), np.shape(flat)}
+    if len(shapes) != 1:
+        raise ScienceError(
+            f"shape mismatch: raw {np.shape(corrected)}, bias {np.shape(bias)}, "
+            f"flat {np.shape(flat)}"
+        )
+    factor = _norm_factor(fltnorm, fltnorm_fp)
+    r = np.asarray(corrected, dtype=np.float32)
+    b = np.asarray(bias, dtype=np.float32)
+    f = np.asarray(flat, dtype=np.float32)
+    bad = bad_flat(f)
+    out = np.subtract(r, b, dtype=np.float32)
+    np.divide(out, f, out=out, where=~bad)
+    out[bad] = np.nan
+    out *= factor
+    return out, int(np.count_nonzero(bad))
+
+
+def _warn_bad(nbad: int, what: str) -> None:
+    if nbad:
+        logger.warning("%s: %d pixel(s) with a flat <= 0 or non-finite set to NaN", what, nbad)
+
+
+def science_ccd(
+    raw_ccd_corrected: np.ndarray,
+    bias: np.ndarray,
+    flat: np.ndarray,
+    fltnorm: float,
+    fltnorm_fp: float,
+) -> np.ndarray:
+    """Science CCD (sky orientation, float32) from a corrected raw CCD and the masters.
+
+    Bad-flat pixels become NaN; their number is logged (use :func:`detrend` to get it).
+    """
+    out, nbad = detrend(raw_ccd_corrected, bias, flat, fltnorm, fltnorm_fp)
+    _warn_bad(nbad, "science CCD")
+    return out
+
+
+def quadrant_of(ccd_array: np.ndarray, qid: int) -> np.ndarray:
+    """Quadrant ``qid`` of a sky-oriented CCD array (master bias/flat), in raw orientation."""
+    if qid not in (1, 2, 3, 4):
+        raise ScienceError(f"qid must be 1-4, got {qid}")
+    return camera.sky_to_raw(ccd_array[camera.quadrant_slice(qid, ccd_array.shape)])
+
+
+def _quadrant_detrend(
+    data: np.ndarray,
+    overscan: np.ndarray,
+    ccdid: int,
+    qid: int,
+    date: dt.date,
+    bias: np.ndarray,
+    flat: np.ndarray,
+    fltnorm: float,
+    fltnorm_fp: float,
+    spec: CorrectionSpec,
+) -> tuple[np.ndarray, int]:
+    expected = (2 * np.shape(data)[0], 2 * np.shape(data)[1])
+    for name, arr in (("bias", bias), ("flat", flat)):
+        if np.shape(arr) != expected:
+            raise ScienceError(
+                f"{name} has shape {np.shape(arr)}; a CCD of quadrants {np.shape(data)} "
+                f"is {expected}"
+            )
+    _norm_factor(fltnorm, fltnorm_fp)  # fail before the (costly) corrections
+    corrected = correct_quadrant(data, overscan, ccdid, qid, date, spec)
+    return detrend(corrected, quadrant_of(bias, qid), quadrant_of(flat, qid), fltnorm, fltnorm_fp)
+
+
+def science_quadrant_data(
+    data: np.ndarray,
+    overscan: np.ndarray,
+    ccdid: int,
+    qid: int,
+    date: dt.date,
+    bias: np.ndarray,
+    flat: np.ndarray,
+    fltnorm: float,
+    fltnorm_fp: float,
+    spec: CorrectionSpec = CorrectionSpec(),
+) -> np.ndarray:
+    """One science quadrant in **raw/IPAC orientation**, correcting only that quadrant.
+
+    ``data``/``overscan`` are the raw quadrant and its overscan (raw orientation, as
+    :func:`ztfluigi.raw.read_raw` returns them); ``bias``/``flat`` the sky-oriented master CCDs.
+    Equal, bit for bit, to ``split_ccd(science_ccd(correct_ccd(...), ...))[qid]``.
+    """
+    out, nbad = _quadrant_detrend(
+        data, overscan, ccdid, qid, date, bias, flat, fltnorm, fltnorm_fp, spec
+    )
+    _warn_bad(nbad, f"science quadrant c{ccdid:02d} q{qid}")
+    return out
+
+
+def science_saturation(
+    level: float,
+    flat_median: float,
+    fltnorm: float,
+    fltnorm_fp: float,
+    bias_level: float = 0.0,
+) -> float:
+    """Saturation level of the science image (DN): ``(level − bias) / flat × FLTNORM_FP/FLTNORM``.
+
+    ``level`` is the saturation in corrected DN (overscan- and NL-corrected); ``bias_level`` the
+    master-bias level to remove (0 when ``level`` is already bias-subtracted); ``flat_median``
+    the normalised flat the level refers to (the quadrant's median flat). Pixels with a flat
+    below that median saturate above the returned value, those above it below.
+    """
+    factor = float(_norm_factor(fltnorm, fltnorm_fp))
+    if not np.isfinite(flat_median) or flat_median <= 0:
+        raise ScienceError(f"flat median must be positive, got {flat_median!r}")
+    return (float(level) - float(bias_level)) / float(flat_median) * factor
+
+
+# --- header ----------------------------------------------------------------------------------
+
+
+def _is_structural(key: str) -> bool:
+    return bool(_STRUCTURAL.match(key))
+
+
+def _merge(into: fits.Header, other: fits.Header, skip) -> None:  # noqa: ANN001
+    """``dict.update``-like merge of ``other``'s cards (commentary cards appended)."""
+    for card in other.cards:
+        key = card.keyword
+        if skip(key):
+            continue
+        if key in _COMMENTARY:
+            into.append(card)
+        elif key in into:
+            into[key] = (card.value, card.comment)
+        else:
+            into.append(card)
+
+
+def _card_key(key: str) -> str:
+    return key if len(key) <= 8 or key.startswith("HIERARCH ") else f"HIERARCH {key}"
+
+
+def science_header(
+    raw_primary: fits.Header,
+    raw_extension: fits.Header,
+    ipac_header: fits.Header,
+    provenance: Mapping[str, object],
+) -> fits.Header:
+    """The science quadrant header.
+
+    1. raw primary header without structural keys; updated with
+    2. the raw quadrant-extension header without structural and tile-compression (``Z*``) keys;
+       updated with
+    3. the IPAC ``sciimg`` header (structural keys removed): IPAC values win (TPV WCS, ids);
+    4. keys starting with :data:`REFERENCE_DROPPED_PREFIXES` removed, as the reference;
+    5. trap 13: :data:`IPAC_RENAMED` keys renamed in place with the comment "… IPAC's image, not
+       this one", :data:`IPAC_DROPPED` removed — our image has its own scale, so IPAC's zero
+       points and saturation level do not apply to it;
+    6. ``provenance`` added last (its keys win, even ``CAL*`` ones): a value or a
+       ``(value, comment)`` tuple; ``None`` values are skipped, dates written as ISO strings,
+       keys longer than 8 characters as HIERARCH cards. A ``SATURATE`` entry here is the
+       saturation level of *our* image (see :func:`science_saturation`); without it the header
+       has no ``SATURATE``.
+    """
+    out = fits.Header()
+    _merge(out, raw_primary, _is_structural)
+    _merge(out, raw_extension, lambda k: _is_structural(k) or k.startswith("Z"))
+    _merge(out, ipac_header, _is_structural)
+    for key in {c.keyword for c in out.cards}:
+        if key.startswith(REFERENCE_DROPPED_PREFIXES) or key in IPAC_DROPPED:
+            while key in out:
+                del out[key]
+    for old, new in IPAC_RENAMED.items():
+        if old in out:
+            if new in out:
+                del out[new]
+            out.rename_keyword(old, new)
+            out.comments[new] = f"IPAC {old} of {IPAC_NOTE}"[:72]
+    for key, item in provenance.items():
+        value, comment = item if isinstance(item, tuple) else (item, None)
+        if value is None:
+            continue
+        if isinstance(value, dt.date):
+            value = value.isoformat()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        key = _card_key(key)
+        out[key] = (value, comment) if comment is not None else value
+    return out
+
+
+def science_provenance(
+    bias_file: str,
+    flat_file: str,
+    fp_file: str,
+    fltnorm: float,
+    fltnorm_fp: float,
+    calibration: Mapping[str, object] | None = None,
+    spec: CorrectionSpec | None = None,
+    saturate: float | None = None,
+    raw_file: str | None = None,
+) -> dict[str, object]:
+    """The provenance cards of a science quadrant, for :func:`science_header`.
+
+    ``calibration`` is the matching record (e.g. ``CalibrationMatch.header_cards()`` of
+    :mod:`ztfluigi.calmatch`: ``CALNIGHT``, ``CALDELTA``…); ``spec`` the raw corrections.
+    No wall-clock time is written (rebuilding gives identical headers).
+    """
+    out: dict[str, object] = {
+        "PIPELINE": (prov.PIPELINE, "pipeline that built this image"),
+    }
+    for name, version in prov.package_versions().items():
+        out[f"V_{name.upper()[:6]}"] = (version, f"{name} version")
+    out["RAWFILE"] = (raw_file, "raw CCD file")
+    out["BIASFILE"] = (bias_file, "master bias used")
+    out["FLATFILE"] = (flat_file, "master flat used")
+    out["FPFILE"] = (fp_file, "focal-plane level product used")
+    out["FLTNORM"] = (float(fltnorm), "flat level of this CCD (DN)")
+    out["FLTNORM_FP"] = (float(fltnorm_fp), "focal-plane flat level (DN)")
+    out["SCIFORM"] = ("(R-B)/Fn*FLTNORM_FP/FLTNORM", "science pixel formula")
+    for card in (spec.header_cards() if spec is not None else ()):
+        out[card[0]] = (card[1], card[2])
+    for key, value in (calibration or {}).items():
+        out[key] = value
+    if saturate is not None:
+        out["SATURATE"] = (round(float(saturate), 3), "est. saturation of this image [DN]")
+    return out
+
+
+# --- the whole quadrant ----------------------------------------------------------------------
+
+
+def science_mask(ipac_mask: np.ndarray | None, data: np.ndarray) -> np.ndarray:
+    """IPAC bit mask (int16, copied) with bit 10 (NAN) set where ``data`` is not finite."""
+    if ipac_mask is None:
+        mask = np.zeros(data.shape, np.int16)
+    else:
+        if np.shape(ipac_mask) != data.shape:
+            raise ScienceError(f"mask shape {np.shape(ipac_mask)} != data shape {data.shape}")
+        mask = np.array(ipac_mask, dtype=np.int16, copy=True)
+    mask[~np.isfinite(data)] |= np.int16(1 << MASK_NAN_BIT)
+    return mask
+
+
+def build_science_quadrant(
+    raw: RawCCD,
+    rawname: RawName,
+    qid: int,
+    bias: np.ndarray,
+    flat: np.ndarray,
+    fltnorm: float,
+    fltnorm_fp: float,
+    ipac_header: fits.Header,
+    ipac_mask: np.ndarray | None,
+    provenance: Mapping[str, object] | None = None,
+    spec: CorrectionSpec = CorrectionSpec(),
+    saturation: float | None = None,
+) -> ScienceQuadrant:
+    """Pixels, header and mask of one science quadrant (raw/IPAC orientation).
+
+    ``provenance``: cards from :func:`science_provenance` (or any mapping). ``saturation``: the
+    saturation level in bias-subtracted corrected DN at unit flat; when ``None``, IPAC's
+    ``SATURATE`` is used as that level (IPAC's image is bias-subtracted DN divided by a
+    unit-median flat, so its SATURATE is the same physical level). Our ``SATURATE`` is then
+    :func:`science_saturation` at the quadrant's median flat; no level → no ``SATURATE``.
+    """
+    data, nbad = _quadrant_detrend(
+        raw.data[qid], raw.overscan[qid], rawname.ccdid, qid, rawname.date,
+        bias, flat, fltnorm, fltnorm_fp, spec,
+    )  # fmt: skip
+    _warn_bad(nbad, f"{rawname.filename} q{qid}")
+    cards = dict(provenance or {})
+    if "SATURATE" not in cards:
+        level, source = saturation, "given level"
+        if level is None and "SATURATE" in ipac_header:
+            level, source = float(ipac_header["SATURATE"]), "IPAC SATURATE rescaled"
+        if level is not None:
+            flat_q = quadrant_of(flat, qid)
+            good = flat_q[~bad_flat(flat_q)]
+            if good.size:
+                sat = science_saturation(level, float(np.median(good)), fltnorm, fltnorm_fp)
+                cards["SATURATE"] = (round(sat, 3), "est. saturation of this image [DN]")
+                cards["SATSRC"] = (source, "origin of SATURATE (at median flat)")
+    cards.setdefault("NBADFLAT", (nbad, "pixels NaN: flat <= 0 or not finite"))
+    header = science_header(raw.header, raw.quadrant_headers[qid], ipac_header, cards)
+    return ScienceQuadrant(data, header, science_mask(ipac_mask, data))
