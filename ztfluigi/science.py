@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +39,7 @@ from ztfluigi.raw import RawCCD
 logger = logging.getLogger(__name__)
 
 MASK_NAN_BIT = 10  #: IPAC mskimg bit "NAN (not a number)"
+DEFAULT_SPEC = CorrectionSpec()  #: raw corrections of science frames (as the masters')
 
 #: Keys dropped by the reference after the merge (``startswith``), ztfin2p3 ``science.py``.
 REFERENCE_DROPPED_PREFIXES = (
@@ -193,7 +194,7 @@ def science_quadrant_data(
     flat: np.ndarray,
     fltnorm: float,
     fltnorm_fp: float,
-    spec: CorrectionSpec = CorrectionSpec(),
+    spec: CorrectionSpec = DEFAULT_SPEC,
 ) -> np.ndarray:
     """One science quadrant in **raw/IPAC orientation**, correcting only that quadrant.
 
@@ -235,7 +236,7 @@ def _is_structural(key: str) -> bool:
     return bool(_STRUCTURAL.match(key))
 
 
-def _merge(into: fits.Header, other: fits.Header, skip) -> None:  # noqa: ANN001
+def _merge(into: fits.Header, other: fits.Header, skip: Callable[[str], bool]) -> None:
     """``dict.update``-like merge of ``other``'s cards (commentary cards appended)."""
     for card in other.cards:
         key = card.keyword
@@ -331,7 +332,7 @@ def science_provenance(
     out["FLTNORM"] = (float(fltnorm), "flat level of this CCD (DN)")
     out["FLTNORM_FP"] = (float(fltnorm_fp), "focal-plane flat level (DN)")
     out["SCIFORM"] = ("(R-B)/Fn*FLTNORM_FP/FLTNORM", "science pixel formula")
-    for card in (spec.header_cards() if spec is not None else ()):
+    for card in spec.header_cards() if spec is not None else ():
         out[card[0]] = (card[1], card[2])
     for key, value in (calibration or {}).items():
         out[key] = value
@@ -366,7 +367,7 @@ def build_science_quadrant(
     ipac_header: fits.Header,
     ipac_mask: np.ndarray | None,
     provenance: Mapping[str, object] | None = None,
-    spec: CorrectionSpec = CorrectionSpec(),
+    spec: CorrectionSpec = DEFAULT_SPEC,
     saturation: float | None = None,
 ) -> ScienceQuadrant:
     """Pixels, header and mask of one science quadrant (raw/IPAC orientation).
