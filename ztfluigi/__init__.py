@@ -6,10 +6,13 @@
 __version__ = "0.1.0"
 
 from ztfluigi.tasks import (  # noqa: E402
+    ApertureCatalog,
+    ApertureCatalogUnit,
     FocalPlaneFlatImage,
     FocalPlaneLevel,
     MasterBias,
     MasterFlat,
+    QuadrantCatalog,
     RawFile,
     RawFiles,
     RawIndex,
@@ -19,10 +22,13 @@ from ztfluigi.tasks import (  # noqa: E402
 )
 
 __all__ = [
+    "ApertureCatalog",
+    "ApertureCatalogUnit",
     "FocalPlaneFlatImage",
     "FocalPlaneLevel",
     "MasterBias",
     "MasterFlat",
+    "QuadrantCatalog",
     "RawFile",
     "RawFiles",
     "RawIndex",

@@ -22,10 +22,21 @@ class ztfluigi(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
     )
     raw_root = luigi.Parameter(default="", description="raw files and RawIndex (default: root)")
     cal_root = luigi.Parameter(default="", description="calibration products (default: root)")
+    catalog_root = luigi.Parameter(default="", description="aperture catalogues (default: root)")
+    refcat = luigi.Parameter(
+        default="sim", description="Gaia DR3 HATS store URL, or 'sim' for the synthetic one"
+    )
+    calib_window = luigi.IntParameter(
+        default=10, description="calibration nights are searched within ±N days"
+    )
 
     def raw_url(self, relpath: str) -> str:
         """URL of a raw-store path."""
         return url_join(self.raw_root or self.root, relpath)
+
+    def catalog_url(self, relpath: str) -> str:
+        """URL of a catalogue-store path."""
+        return url_join(self.catalog_root or self.root, relpath)
 
     def cal_url(self, relpath: str) -> str:
         """URL of a calibration-store path."""

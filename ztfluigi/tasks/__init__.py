@@ -1,14 +1,18 @@
 """Luigi wiring: one task class per data product (parameters, requires, output, run)."""
 
 from ztfluigi.tasks.calib import FocalPlaneFlatImage, FocalPlaneLevel, MasterBias, MasterFlat
+from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, QuadrantCatalog
 from ztfluigi.tasks.raw import RawFile, RawFiles, RawIndex, RawNight
 from ztfluigi.tasks.sim import SimRefCatalog, SimTruth
 
 __all__ = [
+    "ApertureCatalog",
+    "ApertureCatalogUnit",
     "FocalPlaneFlatImage",
     "FocalPlaneLevel",
     "MasterBias",
     "MasterFlat",
+    "QuadrantCatalog",
     "RawFile",
     "RawFiles",
     "RawIndex",
