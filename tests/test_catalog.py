@@ -48,10 +48,8 @@ def night(tmp_path_factory):
 def joined(entry):
     """Catalogue rows joined with the simulator's truth (source, exposure, quadrant)."""
     truth = storage.read_parquet(SimTruth(date=DEMO_DATE).output()["stars"])
-    key = {}
-    for i, (f, c, q, s) in enumerate(zip(truth["filefracday"].to_pylist(), truth["ccdid"].to_pylist(),
-                                         truth["qid"].to_pylist(), truth["source_id"].to_pylist())):  # fmt: skip
-        key[(f, c, q, s)] = i
+    columns = [truth[c].to_pylist() for c in ("filefracday", "ccdid", "qid", "source_id")]
+    key = {k: i for i, k in enumerate(zip(*columns, strict=True))}
     rows = []
     for unit in entry.requires():
         for (rawname, qid), target in zip(unit.branches(), unit.output(), strict=True):
