@@ -174,16 +174,26 @@ def distort(true: np.ndarray, a: float, b: float) -> np.ndarray:
     for start in range(0, flat_in.size, _BLOCK):
         yb = flat_in[start : start + _BLOCK].astype(np.float64)
         u = 1.0 - b * yb
-        disc = u * u - 4.0 * a * yb * yb
-        with np.errstate(invalid="ignore"):
-            den = u + np.sqrt(disc)
-        if np.any(disc < 0.0) or np.any(den <= 0.0):
-            bad = yb[(disc < 0.0) | (den <= 0.0)][0]
+        disc = yb * yb
+        disc *= -4.0 * a
+        disc += u * u
+        if disc.min(initial=0.0) < 0.0:
+            bad = yb[disc < 0.0][0]
             raise ValueError(
                 f"true value {bad!r} DN cannot be produced by the non-linearity model "
                 f"(A={a!r}, B={b!r})"
             )
-        flat_out[start : start + _BLOCK] = 2.0 * yb / den
+        np.sqrt(disc, out=disc)
+        disc += u  # the denominator
+        if disc.min(initial=1.0) <= 0.0:
+            bad = yb[disc <= 0.0][0]
+            raise ValueError(
+                f"true value {bad!r} DN cannot be produced by the non-linearity model "
+                f"(A={a!r}, B={b!r})"
+            )
+        yb *= 2.0
+        yb /= disc
+        flat_out[start : start + _BLOCK] = yb
     return out
 
 

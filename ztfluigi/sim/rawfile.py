@@ -91,9 +91,11 @@ def render_quadrant(
     electrons = expected_electrons(cfg, exp, ccdid, qid, shape)
     cr_rows, cr_cols, cr_charge = cosmic_rays(cfg, exp, ccdid, qid, shape)
     np.add.at(electrons, (cr_rows, cr_cols), cr_charge.astype(np.float32))
-    shot = np.sqrt(np.maximum(electrons, 0.0)) * rng.standard_normal(shape, dtype=np.float32)
-    signal = (electrons + shot) / amp.gain + detector.bias_structure(cfg.seed, ccdid, qid, shape)
-    signal += (amp.read_noise / amp.gain) * rng.standard_normal(shape, dtype=np.float32)
+    # Poisson (Gaussian approximation, ≥ hundreds of e⁻ wherever it matters) and read noise.
+    sigma = np.sqrt(np.maximum(electrons, 0.0) + np.float32(amp.read_noise**2))
+    signal = electrons + sigma * rng.standard_normal(shape, dtype=np.float32)
+    signal /= np.float32(amp.gain)
+    signal += detector.bias_structure(cfg.seed, ccdid, qid, shape)
     # Read orientation: overscan columns follow the last data column of each row.
     data_read = camera.raw_to_read(signal, qid)
     k = np.arange(camera.OVERSCAN_COLUMNS, dtype=np.float32)
@@ -160,7 +162,8 @@ def render_raw_file(cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int) ->
                 amp = detector.amplifier(cfg.seed, ccdid, qid, date)
                 data, overscan = render_quadrant(cfg, date, exp, ccdid, qid)
                 overscans.append((overscan, quantization_step(amp, 0.0)))
-                step = quantization_step(amp, float(np.median(data) - amp.pedestal) * amp.gain)
+                level = float(np.median(data[::7, ::7])) - amp.pedestal  # typical signal, ADU
+                step = quantization_step(amp, level * amp.gain)
                 records = _extension_records(cfg.seed, date, exp.ra, exp.dec, ccdid, qid, shape)
                 out.write(data, header=records, extname=str(qid), qlevel=-step, **compression)
             for qid, (overscan, step) in enumerate(overscans, start=1):
