@@ -84,7 +84,7 @@ def test_photometry_recovers_the_true_counts(night):
         if cat["f_9_f"][i].as_py() != 0 or not cat["isolated"][i].as_py():
             continue
         counts = truth["counts"][j].as_py()
-        if not 2e4 < counts < 4e5:  # bright (sep's background bias ≪ σ) and unsaturated
+        if not 1e4 < counts < 4e5:  # bright (sep's background bias ≪ σ) and unsaturated
             continue
         ee = psf.encircled_energy(12.0, truth["fwhm_pix"][j].as_py())
         flux.append(cat["f_9"][i].as_py() / ee)
@@ -95,7 +95,11 @@ def test_photometry_recovers_the_true_counts(night):
     assert flux.size >= 20, flux.size
     pull = (flux - true) / err
     chi2 = np.mean(pull**2)
-    assert 0.6 < chi2 < 1.6, chi2
+    print(f"bright isolated stars: {flux.size}, chi2/dof {chi2:.3f}, median ratio "
+          f"{np.median(flux / true):.5f}, mean pull {pull.mean():.3f}")
+    # Reduced χ² near 1 within its sampling scatter (σ = √(2/N)); no bias beyond 4σ/√N.
+    assert abs(chi2 - 1) < 4 * np.sqrt(2 / flux.size), chi2
+    assert abs(pull.mean()) < 4 / np.sqrt(flux.size)
     assert abs(np.median(flux / true) - 1) < 0.005
     # No trend across the focal plane: inner CCDs (6, 7, 10, 11) vs outer ones.
     inner = np.isin(ccd, [6, 7, 10, 11])
