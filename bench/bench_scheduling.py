@@ -1,11 +1,11 @@
 """Scheduling overhead of a real-size night: Luigi + completeness checks, no pixel work.
 
-A synthetic night with ``--fields`` fields (3 exposures each, 16 CCDs: 83 fields ≈ 4 000 science
-raw files ≈ 16 000 quadrants) is scheduled through the real task classes; every pixel-producing
-step (raw synthesis, master calibrations, quadrant catalogues) is replaced by writing an empty
-product, so what remains is the scheduler, the dependency walk (including the dynamic calibration matching) and
-the listing-based completeness checks. Reported: wall time, scheduler tasks, quadrants, overhead per
-quadrant, and the no-op re-check of the complete night.
+A synthetic night with ``--fields`` fields (3 exposures each, 16 CCDs: 83 fields ≈ 4 000
+science raw files ≈ 16 000 quadrants) is scheduled through the real task classes; every
+pixel-producing step (raw synthesis, master calibrations, quadrant catalogues) is replaced by
+writing an empty product, so what remains is the scheduler, the dependency walk (including the
+dynamic calibration matching) and the listing-based completeness checks. Reported: wall time,
+scheduler tasks, quadrants, overhead per quadrant, and the no-op re-check of the complete night.
 
     python bench/bench_scheduling.py --fields 83
 """
