@@ -6,7 +6,7 @@ import luigi
 import numpy as np
 import pytest
 
-from tests.conftest import DEMO_DATE
+from tests.conftest import DEMO_DATE, luigi_settings
 from ztfluigi import storage
 from ztfluigi.sim import psf
 from ztfluigi.tasks import ApertureCatalog, ApertureCatalogUnit, QuadrantCatalog, SimTruth
@@ -22,27 +22,14 @@ def build(*tasks, workers=2):
 @pytest.fixture(scope="module")
 def night(tmp_path_factory):
     """One synthetic night (scale 8, three fields, zr) built once for the module."""
-    cfg = luigi.configuration.get_config()
-    saved = {s: dict(cfg.items(s)) if cfg.has_section(s) else None for s in ("ztfluigi", "sim")}
     root = tmp_path_factory.mktemp("night") / "store"
-    settings = {
+    with luigi_settings({
         "ztfluigi": {"root": str(root), "archive": "sim", "refcat": "sim"},
         "sim": {"seed": "0", "scale": "8", "n_fields": "3"},
-    }
-    for section, values in settings.items():
-        if not cfg.has_section(section):
-            cfg.add_section(section)
-        for key, value in values.items():
-            cfg.set(section, key, value)
-    entry = ApertureCatalog(date=DEMO_DATE, filtercode="zr")
-    result = build(entry, SimTruth(date=DEMO_DATE))
-    yield entry, result, root
-    for section, values in saved.items():
-        cfg.remove_section(section)
-        if values is not None:
-            cfg.add_section(section)
-            for key, value in values.items():
-                cfg.set(section, key, value)
+    }):  # fmt: skip
+        entry = ApertureCatalog(date=DEMO_DATE, filtercode="zr")
+        result = build(entry, SimTruth(date=DEMO_DATE))
+        yield entry, result, root
 
 
 def joined(entry):
@@ -95,8 +82,10 @@ def test_photometry_recovers_the_true_counts(night):
     assert flux.size >= 300, flux.size
     pull = (flux - true) / err
     chi2 = np.mean(pull**2)
-    print(f"isolated stars: {flux.size}, chi2/dof {chi2:.3f}, pull mean {pull.mean():.3f} "
-          f"std {pull.std():.3f}, median ratio {np.median(flux / true):.5f}")
+    print(
+        f"isolated stars: {flux.size}, chi2/dof {chi2:.3f}, pull mean {pull.mean():.3f} "
+        f"std {pull.std():.3f}, median ratio {np.median(flux / true):.5f}"
+    )
     # The quoted errors describe the scatter (the background-estimation error, not in f_k_e,
     # adds a few per cent) ...
     assert 0.9 < pull.std() < 1.15

@@ -5,35 +5,7 @@
 
 __version__ = "0.1.0"
 
-from ztfluigi.tasks import (  # noqa: E402
-    ApertureCatalog,
-    ApertureCatalogUnit,
-    FocalPlaneFlatImage,
-    FocalPlaneLevel,
-    MasterBias,
-    MasterFlat,
-    QuadrantCatalog,
-    RawFile,
-    RawFiles,
-    RawIndex,
-    RawNight,
-    SimRefCatalog,
-    SimTruth,
-)
+from ztfluigi.tasks import *  # noqa: E402, F403 - every product task, for `luigi --module`
+from ztfluigi.tasks import __all__ as _task_names  # noqa: E402
 
-__all__ = [
-    "ApertureCatalog",
-    "ApertureCatalogUnit",
-    "FocalPlaneFlatImage",
-    "FocalPlaneLevel",
-    "MasterBias",
-    "MasterFlat",
-    "QuadrantCatalog",
-    "RawFile",
-    "RawFiles",
-    "RawIndex",
-    "RawNight",
-    "SimRefCatalog",
-    "SimTruth",
-    "__version__",
-]
+__all__ = [*_task_names, "__version__"]
