@@ -128,3 +128,34 @@ def test_regeneration_rebuilds_exactly_the_deleted_outputs(night):
     rawname, qid = unit.branches()[0]
     one = QuadrantCatalog(filename=rawname.filename, qid=qid)
     assert one.complete() and one.output().path == catalog_target(rawname, qid).path
+
+
+def test_single_quadrant_with_stored_science_image(tmp_path):
+    """QuadrantCatalog builds one catalogue; store_science caches the science quadrant as FITS."""
+    from astropy.wcs import WCS
+
+    from ztfluigi import naming
+    from ztfluigi.tasks import RawIndex
+    from ztfluigi.tasks.raw import night_index
+
+    root = tmp_path / "store"
+    with luigi_settings({
+        "ztfluigi": {"root": str(root), "archive": "sim", "refcat": "sim", "store_science": "true"},
+        "sim": {"seed": "3", "scale": "32", "n_fields": "1"},
+    }):  # fmt: skip
+        assert build(RawIndex(date=DEMO_DATE)).status.name == "SUCCESS"
+        index = night_index(DEMO_DATE)
+        name = next(f for f in index["filename"].to_pylist() if f.endswith("_c09_o.fits.fz"))
+        task = QuadrantCatalog(filename=name, qid=3)
+        assert build(task).status.name == "SUCCESS"
+        rawname = naming.parse_raw_filename(name)
+        others = [catalog_target(rawname, q) for q in (1, 2, 4)]
+        assert task.output().exists() and not any(t.exists() for t in others)
+        rel = naming.science_quadrant_relpath(rawname, 3, "sciimg.fits", prefix="ztfin2p3")
+        hdu = storage.read_fits(str(root / rel))[0]
+        assert hdu.data.shape == (96, 96) and hdu.header["QID"] == 3
+        assert "IPMAGZP" in hdu.header and "MAGZP" not in hdu.header  # trap 13
+        assert hdu.header["BIASNGHT"] == "20190331"
+        WCS(hdu.header)  # the IPAC TPV solution survives
+        mask = storage.read_fits(str(root / rel.replace("sciimg", "mskimg")))[0]
+        assert mask.data.dtype.kind == "i"

@@ -26,6 +26,9 @@ class ztfluigi(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
     refcat = luigi.Parameter(
         default="sim", description="Gaia DR3 HATS store URL, or 'sim' for the synthetic one"
     )
+    store_science = luigi.BoolParameter(
+        default=False, description="also store science quadrants (FITS) next to their catalogues"
+    )
     calib_window = luigi.IntParameter(
         default=10, description="calibration nights are searched within ±N days"
     )

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import luigi
 import numpy as np
 import pyarrow as pa
+from astropy.io import fits
 from astropy.wcs import WCS
 
 from ztfluigi import calmatch, config, naming, photometry, raw, refcat, science, storage
@@ -150,7 +151,10 @@ def build_catalogues(
     for rawname, qids in by_raw.items():
         ccd = raw.read_raw(storage.read_bytes(raw_target(rawname).path), rawname.filename)
         for qid in qids:
-            table = quadrant_catalogue(ccd, rawname, qid, calibration, catalogue, url)
+            sci = science_quadrant(ccd, rawname, qid, calibration)
+            if config.ztfluigi().store_science:
+                store_science_quadrant(sci, rawname, qid)
+            table = quadrant_catalogue(sci, rawname, qid, calibration, catalogue, url)
             storage.write_parquet(catalog_target(rawname, qid), table)
             done += 1
             progress.report(task, done, len(todo), "quadrant catalogues")
@@ -176,15 +180,10 @@ class Calibration:
                    fltnorm_fp, files, match)  # fmt: skip
 
 
-def quadrant_catalogue(
-    ccd: raw.RawCCD,
-    rawname: RawName,
-    qid: int,
-    calibration: Calibration,
-    catalogue: refcat.RefCatalog,
-    refcat_name: str = "",
-) -> pa.Table:
-    """Build the virtual science quadrant and its aperture catalogue (nothing stored on the way)."""
+def science_quadrant(
+    ccd: raw.RawCCD, rawname: RawName, qid: int, calibration: Calibration
+) -> science.ScienceQuadrant:
+    """The virtual science quadrant: built in memory from the raw file and the calibrations."""
     archive = config.get_archive()
     spec = CorrectionSpec()
     ipac_header = archive.science_header(rawname, qid)
@@ -194,10 +193,30 @@ def quadrant_catalogue(
         calibration.fltnorm, calibration.fltnorm_fp, calibration.match.header_cards(), spec,
         raw_file=rawname.filename,
     )  # fmt: skip
-    sci = science.build_science_quadrant(
+    return science.build_science_quadrant(
         ccd, rawname, qid, calibration.bias, calibration.flat, calibration.fltnorm,
         calibration.fltnorm_fp, ipac_header, ipac_mask, prov, spec,
     )  # fmt: skip
+
+
+def store_science_quadrant(sci: science.ScienceQuadrant, rawname: RawName, qid: int) -> None:
+    """Cache a science quadrant as ztfin2p3 ``…_sciimg.fits`` and ``…_mskimg.fits`` (optional)."""
+    for suffix, data in (("sciimg.fits", sci.data), ("mskimg.fits", sci.mask)):
+        rel = naming.science_quadrant_relpath(rawname, qid, suffix, prefix="ztfin2p3")
+        target = storage.get_target(config.ztfluigi().catalog_url(rel))
+        storage.write_fits(target, fits.HDUList([fits.PrimaryHDU(data, sci.header)]))
+
+
+def quadrant_catalogue(
+    sci: science.ScienceQuadrant,
+    rawname: RawName,
+    qid: int,
+    calibration: Calibration,
+    catalogue: refcat.RefCatalog,
+    refcat_name: str = "",
+) -> pa.Table:
+    """Aperture catalogue of a science quadrant: Gaia cone at the epoch, sep photometry."""
+    archive = config.get_archive()
     ny, nx = sci.data.shape
     wcs = WCS(sci.header)
     corners = wcs.all_pix2world([[-0.5, -0.5], [nx - 0.5, ny - 0.5], [-0.5, ny - 0.5],
