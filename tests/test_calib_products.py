@@ -1,6 +1,7 @@
 """Master bias, master flat and focal-plane level on the synthetic night recover the truth."""
 
 import datetime as dt
+import json
 
 import luigi
 import numpy as np
@@ -166,3 +167,26 @@ def test_flat_without_led_is_reported_not_silently_dropped(luigi_store):
     header = storage.read_fits(task.output())[0].header
     assert header["NBADLED"] == 1 and header["NFRAMES"] == 19
     assert victim.path.rsplit("/", 1)[-1] in header["BADLED01"]
+
+
+def test_failures_reach_the_scheduler_as_one_line(luigi_store):
+    """What luigid's page shows for a failed task: the named reason, not a traceback."""
+    import luigi.scheduler
+    import luigi.worker
+
+    luigi.configuration.get_config().set("sim", "calib_gaps", "true")
+    no_cal = next(
+        DEMO_DATE + dt.timedelta(days=i)
+        for i in range(60)
+        if not schedule.calibration_plan(
+            schedule.SimConfig(calib_gaps=True), DEMO_DATE + dt.timedelta(days=i)
+        ).bias
+    )
+    task = MasterBias(date=no_cal, ccdid=3)
+    sch = luigi.scheduler.Scheduler()
+    with luigi.worker.Worker(scheduler=sch, no_install_shutdown_handler=True) as w:
+        w.add(task)
+        w.run()
+    error = json.loads(sch.fetch_error(task.task_id)["error"])  # luigi JSON-encodes it
+    assert error.startswith("CalibrationError: ") and "\n" not in error
+    assert str(no_cal) in error and "CCD 3" in error

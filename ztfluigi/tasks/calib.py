@@ -35,7 +35,7 @@ def corrected_frames(task: luigi.Task, rawnames: list[naming.RawName], spec: Cor
                                                spec)  # fmt: skip
 
 
-class MasterBias(luigi.Task):
+class MasterBias(progress.OneLineFailures, luigi.Task):
     """Daily master bias of one CCD: the night's biases after the first ten, corrected, stacked.
 
     Stacking is the per-pixel clipped median of ``calib.BIAS_CLIP`` (the reference definition).
@@ -65,7 +65,7 @@ class MasterBias(luigi.Task):
         storage.write_fits(self.output(), fits.HDUList([fits.PrimaryHDU(bias, header)]))
 
 
-class MasterFlat(luigi.Task):
+class MasterFlat(progress.OneLineFailures, luigi.Task):
     """Daily master flat of one CCD and filter (all its LEDs, ``l00``).
 
     Per-LED robust clipped medians of bias-subtracted flats, each divided by its CCD median,
@@ -120,7 +120,7 @@ class MasterFlat(luigi.Task):
         storage.write_fits(self.output(), fits.HDUList([fits.PrimaryHDU(result.flat, header)]))
 
 
-class FocalPlaneLevel(luigi.Task):
+class FocalPlaneLevel(progress.OneLineFailures, luigi.Task):
     """FLTNORM_FP of a night and filter: the global pixel median of the 16 de-normalised flats."""
 
     date = NightParameter()
@@ -164,7 +164,7 @@ def read_focal_plane_level(target: storage.FsspecTarget) -> tuple[float, dict[in
     )
 
 
-class FocalPlaneFlatImage(luigi.Task):
+class FocalPlaneFlatImage(progress.OneLineFailures, luigi.Task):
     """PNG of the 16 master flats of a night and filter, in their real focal-plane positions."""
 
     date = NightParameter()

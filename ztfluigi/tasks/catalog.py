@@ -80,7 +80,7 @@ def match_calibration(
     raise error or calmatch.NoCalibrationError(f"{date}: no calibration night available")
 
 
-class ApertureCatalogUnit(luigi.Task):
+class ApertureCatalogUnit(progress.OneLineFailures, luigi.Task):
     """All aperture catalogues of one night, CCD and filter (one parquet per quadrant)."""
 
     date = NightParameter()
@@ -266,7 +266,7 @@ class ApertureCatalog(luigi.WrapperTask):
                 for c in ccds for f in filters]  # fmt: skip
 
 
-class QuadrantCatalog(luigi.Task):
+class QuadrantCatalog(progress.OneLineFailures, luigi.Task):
     """The aperture catalogue of one science quadrant, addressable on its own."""
 
     filename = RawFilenameParameter()

@@ -26,7 +26,7 @@ from ztfluigi.tasks.parameters import (
 )
 
 
-class RawIndex(luigi.Task):
+class RawIndex(progress.OneLineFailures, luigi.Task):
     """The night's raw-file metadata (IRSA ``raw`` table columns + LED), stored as parquet."""
 
     date = NightParameter(description="UT date of the night (YYYY-MM-DD)")
@@ -75,7 +75,7 @@ def fetch_raw(rawname: RawName, target: storage.FsspecTarget) -> None:
     storage.write_bytes(target, content)
 
 
-class RawFile(luigi.Task):
+class RawFile(progress.OneLineFailures, luigi.Task):
     """One raw CCD file, byte for byte as the archive serves it, verified before it counts."""
 
     filename = RawFilenameParameter(description="IRSA raw file name, e.g. ztf_…_c05_b.fits.fz")
@@ -96,7 +96,7 @@ class RawFile(luigi.Task):
         fetch_raw(self.rawname, self.output())
 
 
-class RawFiles(luigi.Task):
+class RawFiles(progress.OneLineFailures, luigi.Task):
     """The raw files of one night, CCD and image type (and filter): one scheduler task, many files.
 
     Files are taken in ``obsjd`` order from position ``first`` (biases: the reference pipeline

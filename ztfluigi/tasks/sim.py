@@ -9,6 +9,7 @@ from astropy.io import fits
 from ztfluigi import config, storage
 from ztfluigi.archive.sim import SimArchive
 from ztfluigi.sim import gaia, truth
+from ztfluigi.tasks import progress
 from ztfluigi.tasks.parameters import NightParameter
 
 
@@ -20,7 +21,7 @@ def sim_archive() -> SimArchive:
     return archive
 
 
-class SimRefCatalog(luigi.Task):
+class SimRefCatalog(progress.OneLineFailures, luigi.Task):
     """The synthetic Gaia-DR3-like catalogue the night's stars were drawn from (HATS layout).
 
     It covers every science quadrant of the night with a margin; complete when its HATS
@@ -45,7 +46,7 @@ class SimRefCatalog(luigi.Task):
         gaia.write_sim_catalog(self.catalog_url(), archive.config.seed, sorted(pixels))
 
 
-class SimTruth(luigi.Task):
+class SimTruth(progress.OneLineFailures, luigi.Task):
     """What the pipeline must recover for a night: detector, stars and noise-free flats."""
 
     date = NightParameter()
