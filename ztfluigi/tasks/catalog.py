@@ -250,20 +250,46 @@ def quadrant_catalogue(
 
 
 class ApertureCatalog(luigi.WrapperTask):
-    """Every aperture catalogue of a night (narrowed by CCD, filter, field): the entry point."""
+    """Every aperture catalogue of a night (narrowed by CCD, filter, field): the entry point.
+
+    Besides the catalogue units it requires the night's own stored inputs — raw-file units and,
+    where the night has a usable calibration sequence, its master calibrations — so that a re-run
+    after deleting any of them rebuilds exactly what was deleted.
+    """
 
     date = NightParameter()
     ccdid = luigi.IntParameter(default=0, description="only this CCD (0 = all 16)")
     filtercode = FilterParameter(default="", allow_all=True)
     field = luigi.IntParameter(default=0, description="only this ZTF field (0 = all)")
 
-    def requires(self) -> list[ApertureCatalogUnit]:
-        ccds = [self.ccdid] if self.ccdid else range(1, 17)
+    def requires(self) -> list[luigi.Task]:
         if self.ccdid:
             CcdParameter().normalize(self.ccdid)
+        ccds = [self.ccdid] if self.ccdid else range(1, 17)
         filters = [self.filtercode] if self.filtercode else naming.SCIENCE_FILTERS
-        return [ApertureCatalogUnit(date=self.date, ccdid=c, filtercode=f, field=self.field)
-                for c in ccds for f in filters]  # fmt: skip
+        reqs: list[luigi.Task] = [
+            ApertureCatalogUnit(date=self.date, ccdid=c, filtercode=f, field=self.field)
+            for c in ccds for f in filters
+        ]  # fmt: skip
+        if RawIndex(date=self.date).output().exists():
+            reqs += self.night_inputs(ccds, filters)
+        return reqs
+
+    def night_inputs(self, ccds: list[int] | range, filters: list[str] | tuple[str, ...]) -> list:
+        """The night's raw-file units and its own usable master calibrations."""
+        index = night_index(self.date)
+        reqs: list[luigi.Task] = []
+        for c in ccds:
+            reqs += [RawFiles(date=self.date, ccdid=c, imgtype="object", filtercode=f)
+                     for f in filters]  # fmt: skip
+            if calmatch.usable_bias(index, c):
+                reqs.append(MasterBias(date=self.date, ccdid=c))
+            reqs += [MasterFlat(date=self.date, ccdid=c, filtercode=f)
+                     for f in filters if calmatch.usable_flat(index, c, f)]  # fmt: skip
+        if not self.ccdid:
+            reqs += [FocalPlaneLevel(date=self.date, filtercode=f)
+                     for f in filters if calmatch.usable_focal_plane(index, f)]  # fmt: skip
+        return reqs
 
 
 class QuadrantCatalog(progress.OneLineFailures, luigi.Task):
