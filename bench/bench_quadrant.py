@@ -20,12 +20,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
 from astropy.wcs import WCS  # noqa: E402
 
 from ztfluigi import camera, corrections, photometry, raw, refcat, science, storage  # noqa: E402
 from ztfluigi.archive.sim import SimArchive  # noqa: E402
-from ztfluigi.sim import astrometry, detector, gaia, truth  # noqa: E402
+from ztfluigi.sim import detector, gaia, truth  # noqa: E402
 from ztfluigi.sim.schedule import SimConfig  # noqa: E402
 
 DATE, CCDID, QID = dt.date(2019, 3, 31), 10, 2
@@ -49,7 +48,7 @@ def main() -> None:
     ipac_header = archive.science_header(rawname, QID)
     _, ipac_mask = archive.science_mask(rawname, QID)
     wcs = WCS(ipac_header)
-    ra, dec, radius = astrometry.quadrant_center_radius(wcs, shape, 60)
+    ra, dec, radius = refcat.footprint_cone(wcs, shape, 60 * camera.PIXEL_SCALE)
     store = tempfile.mkdtemp(prefix="ztfluigi-refcat-")
     gaia.write_sim_catalog(store, 0, gaia.pixels_for_cone(ra, dec, radius))
     catalogue = refcat.RefCatalog(store)
@@ -69,14 +68,7 @@ def main() -> None:
     photometry.background(sci.data, sci.mask)
     t["background"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    stars = catalogue.cone(ra, dec, radius)
-    col = {k: stars.column(k).to_numpy(zero_copy_only=False)
-           for k in ("ra", "dec", "pmra", "pmdec")}  # fmt: skip
-    mjd = float(sci.header["OBSMJD"])
-    r, d = refcat.propagate_proper_motion(col["ra"], col["dec"], col["pmra"], col["pmdec"],
-                                          refcat.GAIA_DR3_EPOCH, mjd)  # fmt: skip
-    stars = stars.set_column(stars.schema.get_field_index("ra"), "ra", pa.array(r))
-    stars = stars.set_column(stars.schema.get_field_index("dec"), "dec", pa.array(d))
+    stars = refcat.at_epoch(catalogue.cone(ra, dec, radius), float(sci.header["OBSMJD"]))
     table = photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars)
     t["photometry"] = time.perf_counter() - t0 - t["background"]  # includes its own background
     t0 = time.perf_counter()

@@ -88,7 +88,7 @@ def test_master_flat_recovers_the_true_flat_within_the_noise(luigi_store):
         sigma[rows, cols] = (
             np.sqrt(adu * amp.gain + amp.read_noise**2) / amp.gain / header["FLTNORM"]
         )
-    sigma *= factor / np.sqrt(len(calib.FILTER_LEDS[filtercode]))
+    sigma *= factor / np.sqrt(len(camera.FILTER_LEDS[filtercode]))
     live = truth > 0.5  # dead columns have a different (tiny) noise
     pull = ((flat - truth) / (sigma * np.sqrt(truth)))[live]
     assert abs(np.mean(pull)) < 0.1
@@ -135,16 +135,17 @@ def test_global_median_matches_numpy():
     assert calib.focal_plane_level(flats) == pytest.approx(ref, rel=1e-7)
 
 
+def night_without_calibration() -> dt.date:
+    """The first night after the demo night that ``calib_gaps`` leaves without calibrations."""
+    dates = (DEMO_DATE + dt.timedelta(days=i) for i in range(60))
+    cfg = schedule.SimConfig(calib_gaps=True)
+    return next(d for d in dates if not schedule.calibration_plan(cfg, d).bias)
+
+
 def test_night_without_calibration_fails_cleanly(luigi_store):
     cfg = luigi.configuration.get_config()
     cfg.set("sim", "calib_gaps", "true")
-    no_cal = next(
-        DEMO_DATE + dt.timedelta(days=i)
-        for i in range(60)
-        if not schedule.calibration_plan(
-            schedule.SimConfig(calib_gaps=True), DEMO_DATE + dt.timedelta(days=i)
-        ).bias
-    )
+    no_cal = night_without_calibration()
     task = MasterBias(date=no_cal, ccdid=1)
     assert not build(task)
     assert not task.output().exists()
@@ -175,13 +176,7 @@ def test_failures_reach_the_scheduler_as_one_line(luigi_store):
     import luigi.worker
 
     luigi.configuration.get_config().set("sim", "calib_gaps", "true")
-    no_cal = next(
-        DEMO_DATE + dt.timedelta(days=i)
-        for i in range(60)
-        if not schedule.calibration_plan(
-            schedule.SimConfig(calib_gaps=True), DEMO_DATE + dt.timedelta(days=i)
-        ).bias
-    )
+    no_cal = night_without_calibration()
     task = MasterBias(date=no_cal, ccdid=3)
     sch = luigi.scheduler.Scheduler()
     with luigi.worker.Worker(scheduler=sch, no_install_shutdown_handler=True) as w:

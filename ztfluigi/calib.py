@@ -14,11 +14,6 @@ from ztfluigi.stacking import ClipSpec, clipped_median
 
 BIAS_SKIP = 10  #: the reference drops the night's first ten biases (warm-up)
 MIN_FRAMES = 3  #: a stack needs more than two frames
-LED_FILTER = {2: "zg", 3: "zg", 4: "zg", 5: "zg", 7: "zr", 8: "zr", 9: "zr", 10: "zr",
-              11: "zi", 12: "zi", 13: "zi"}  # fmt: skip
-FILTER_LEDS = {
-    f: tuple(led for led, ff in LED_FILTER.items() if ff == f) for f in ("zg", "zr", "zi")
-}
 BIAS_CLIP = ClipSpec(method="reference")  #: biases: the reference definition (N = 10)
 FLAT_CLIP = ClipSpec(method="mad")  #: flats: robust σ, which can reject with 5 frames (trap 8)
 

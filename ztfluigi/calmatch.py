@@ -38,7 +38,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from ztfluigi.calib import BIAS_SKIP, FILTER_LEDS, MIN_FRAMES
+from ztfluigi.calib import BIAS_SKIP, MIN_FRAMES
+from ztfluigi.camera import FILTER_LEDS
 
 DEFAULT_WINDOW = 10  #: days, as the reference's production ``max_timedelta='10d'``
 KINDS = ("bias", "flat")

@@ -29,6 +29,12 @@ OVERSCAN_COLUMNS = 30
 PIXEL_SCALE = 1.012  #: arcsec per pixel
 AMP_NAMES = {1: "H", 2: "G", 3: "F", 4: "E"}  #: AMP_NAME of each qid (AMP_ID = qid - 1)
 IPAC_CRPIX = (1536.5, 1540.5)  #: FITS (1-based) reference pixel of IPAC quadrant WCS
+#: Dome-flat illuminator LEDs used for each filter (ztf_formats.md §4)
+LED_FILTER = {2: "zg", 3: "zg", 4: "zg", 5: "zg", 7: "zr", 8: "zr", 9: "zr", 10: "zr",
+              11: "zi", 12: "zi", 13: "zi"}  # fmt: skip
+FILTER_LEDS = {
+    f: tuple(led for led, ff in LED_FILTER.items() if ff == f) for f in ("zg", "zr", "zi")
+}
 
 
 def rcid(ccdid: int, qid: int) -> int:

@@ -41,8 +41,10 @@ __all__ = [
     "HEALPIX_ORDER",
     "RefCatalog",
     "angular_separation_deg",
+    "at_epoch",
     "catalog_exists",
     "cone_mask",
+    "footprint_cone",
     "healpix29",
     "healpix_cone",
     "julian_year_to_mjd",
@@ -628,3 +630,28 @@ def propagate_proper_motion(
         ra_new = np.where(still, ra, ra_new)
         dec_new = np.where(still, dec, dec_new)
     return ra_new, dec_new
+
+
+def at_epoch(table: pa.Table, epoch_mjd: float) -> pa.Table:
+    """The catalogue with ``ra``/``dec`` moved from Gaia DR3's epoch to ``epoch_mjd``."""
+    col = {
+        k: table.column(k).to_numpy(zero_copy_only=False) for k in ("ra", "dec", "pmra", "pmdec")
+    }
+    ra, dec = propagate_proper_motion(
+        col["ra"], col["dec"], col["pmra"], col["pmdec"], GAIA_DR3_EPOCH, epoch_mjd
+    )
+    table = table.set_column(table.schema.get_field_index("ra"), "ra", pa.array(ra))
+    return table.set_column(table.schema.get_field_index("dec"), "dec", pa.array(dec))
+
+
+def footprint_cone(
+    wcs: object, shape: tuple[int, int], margin_arcsec: float = 0.0
+) -> tuple[float, float, float]:
+    """(ra, dec, radius) in degrees of the cone enclosing an image of ``shape`` through ``wcs``
+    (an astropy WCS), widened by ``margin_arcsec``."""
+    ny, nx = shape
+    pix = [[(nx - 1) / 2, (ny - 1) / 2], [-0.5, -0.5], [nx - 0.5, -0.5], [-0.5, ny - 0.5],
+           [nx - 0.5, ny - 0.5]]  # fmt: skip
+    ra, dec = wcs.all_pix2world(pix, 0).T
+    radius = float(np.max(angular_separation_deg(ra[0], dec[0], ra[1:], dec[1:])))
+    return float(ra[0]), float(dec[0]), radius + margin_arcsec / 3600.0

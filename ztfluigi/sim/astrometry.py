@@ -96,16 +96,3 @@ def quadrant_wcs_header(
 def quadrant_wcs(ra0: float, dec0: float, ccdid: int, qid: int, shape: tuple[int, int]) -> WCS:
     """The astropy WCS of :func:`quadrant_wcs_header`."""
     return WCS(quadrant_wcs_header(ra0, dec0, ccdid, qid, shape))
-
-
-def quadrant_center_radius(
-    wcs: WCS, shape: tuple[int, int], margin_pix: float = 0.0
-) -> tuple[float, float, float]:
-    """(ra, dec, radius) in degrees of a cone enclosing a window plus ``margin_pix``."""
-    ny, nx = shape
-    corners = np.array([[-0.5, -0.5], [nx - 0.5, -0.5], [-0.5, ny - 0.5], [nx - 0.5, ny - 0.5]])
-    ra_c, dec_c = wcs.all_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0]
-    cra, cdec = wcs.all_pix2world(corners, 0).T
-    xi, eta = project(cra, cdec, ra_c, dec_c)
-    radius = float(np.max(np.hypot(xi, eta))) + margin_pix * camera.PIXEL_SCALE / 3600.0
-    return float(ra_c), float(dec_c), radius

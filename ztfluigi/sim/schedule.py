@@ -16,11 +16,10 @@ from importlib import resources
 
 import numpy as np
 
-from ztfluigi import naming
+from ztfluigi import camera, naming
 from ztfluigi.sim import ephemeris
 
-LED_FILTERS = {2: "zg", 3: "zg", 4: "zg", 5: "zg", 7: "zr", 8: "zr", 9: "zr", 10: "zr",
-               11: "zi", 12: "zi", 13: "zi"}  # fmt: skip
+LED_FILTERS = camera.LED_FILTER
 LED_WAVELENGTH_NM = {2: 451.4, 3: 479.8, 4: 499.9, 5: 525.9, 7: 593.5, 8: 620.7, 9: 633.1,
                      10: 652.9, 11: 738.9, 12: 833.6, 13: 864.6}  # fmt: skip
 N_BIAS = 20

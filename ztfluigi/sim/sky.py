@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ztfluigi.refcat import GAIA_DR3_EPOCH, propagate_proper_motion
+from ztfluigi import camera
+from ztfluigi.refcat import at_epoch, footprint_cone
 from ztfluigi.sim import astrometry, gaia
 from ztfluigi.sim.schedule import Exposure
 
@@ -57,12 +58,11 @@ def quadrant_stars(
 ) -> QuadrantStars:
     """Stars of the synthetic Gaia sky moved to the exposure epoch and placed through the WCS."""
     wcs = astrometry.quadrant_wcs(exp.ra, exp.dec, ccdid, qid, shape)
-    ra_c, dec_c, radius = astrometry.quadrant_center_radius(wcs, shape, STAR_MARGIN_PIX + 20)
-    cat = gaia.generate_cone(seed, ra_c, dec_c, radius)
+    margin = (STAR_MARGIN_PIX + 20) * camera.PIXEL_SCALE
+    ra_c, dec_c, radius = footprint_cone(wcs, shape, margin)
+    cat = at_epoch(gaia.generate_cone(seed, ra_c, dec_c, radius), exp.obsjd - 2400000.5)
     col = {name: cat.column(name).to_numpy(zero_copy_only=False) for name in cat.column_names}
-    ra, dec = propagate_proper_motion(
-        col["ra"], col["dec"], col["pmra"], col["pmdec"], GAIA_DR3_EPOCH, exp.obsjd - 2400000.5
-    )
+    ra, dec = col["ra"], col["dec"]
     x, y = wcs.all_world2pix(ra, dec, 0) if ra.size else (ra, dec)
     keep = (
         (x > -STAR_MARGIN_PIX) & (x < shape[1] + STAR_MARGIN_PIX)

@@ -25,8 +25,10 @@ import numpy as np
 import pyarrow as pa
 
 from ztfluigi import camera
+from ztfluigi.camera import FILTER_LEDS
+from ztfluigi.refcat import footprint_cone
 from ztfluigi.sim import astrometry, detector, gaia, rawfile, sky
-from ztfluigi.sim.schedule import FLAT_EXPTIME, LED_FILTERS, Exposure, SimConfig
+from ztfluigi.sim.schedule import FLAT_EXPTIME, Exposure, SimConfig
 
 STAR_SCHEMA = pa.schema([
     ("filefracday", pa.int64()), ("ccdid", pa.int8()), ("qid", pa.int8()),
@@ -35,9 +37,6 @@ STAR_SCHEMA = pa.schema([
     ("electrons", pa.float64()), ("counts", pa.float64()), ("fwhm_pix", pa.float64()),
 ])  # fmt: skip
 """Star truth: ``x``, ``y`` 0-based raw-oriented pixel; ``counts`` in science-image DN."""
-FILTER_LEDS = {
-    f: tuple(led for led, ff in LED_FILTERS.items() if ff == f) for f in ("zg", "zr", "zi")
-}
 
 
 def detector_table(cfg: SimConfig, date: dt.date) -> pa.Table:
@@ -134,6 +133,6 @@ def refcat_pixels(cfg: SimConfig, exposures: list[Exposure], margin_pix: float =
         for c in range(1, 17):
             for q in range(1, 5):
                 wcs = astrometry.quadrant_wcs(exp.ra, exp.dec, c, q, shape)
-                ra, dec, radius = astrometry.quadrant_center_radius(wcs, shape, margin_pix)
+                ra, dec, radius = footprint_cone(wcs, shape, margin_pix * camera.PIXEL_SCALE)
                 pixels.update(int(p) for p in gaia.pixels_for_cone(ra, dec, radius))
     return pixels

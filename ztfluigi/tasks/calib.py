@@ -10,7 +10,7 @@ import luigi
 import numpy as np
 from astropy.io import fits
 
-from ztfluigi import calib, config, naming, raw, storage
+from ztfluigi import calib, camera, config, naming, raw, storage
 from ztfluigi.corrections import CorrectionSpec, correct_ccd
 from ztfluigi.provenance import provenance_header
 from ztfluigi.tasks import progress
@@ -97,7 +97,7 @@ class MasterFlat(progress.OneLineFailures, luigi.Task):
         used, unreadable = [], []
         for rawname, header, frame in corrected_frames(self, rawnames, spec):
             led = header.get("ILUM_LED", -1)
-            if led not in calib.FILTER_LEDS[self.filtercode]:
+            if led not in camera.FILTER_LEDS[self.filtercode]:
                 unreadable.append(f"{rawname.filename} (ILUM_LED={led})")
                 continue
             by_led[led].append(frame)

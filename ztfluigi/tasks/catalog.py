@@ -217,23 +217,9 @@ def quadrant_catalogue(
 ) -> pa.Table:
     """Aperture catalogue of a science quadrant: Gaia cone at the epoch, sep photometry."""
     archive = config.get_archive()
-    ny, nx = sci.data.shape
-    wcs = WCS(sci.header)
-    corners = wcs.all_pix2world([[-0.5, -0.5], [nx - 0.5, ny - 0.5], [-0.5, ny - 0.5],
-                                 [nx - 0.5, -0.5], [(nx - 1) / 2, (ny - 1) / 2]], 0)  # fmt: skip
-    ra_c, dec_c = corners[-1]
-    radius = float(
-        np.max(refcat.angular_separation_deg(ra_c, dec_c, corners[:4, 0], corners[:4, 1]))
-    )
-    stars = catalogue.cone(ra_c, dec_c, radius + REFCAT_MARGIN_ARCSEC / 3600.0)
+    ra, dec, radius = refcat.footprint_cone(WCS(sci.header), sci.data.shape, REFCAT_MARGIN_ARCSEC)
     obsmjd = float(sci.header["OBSMJD"])
-    col = {
-        k: stars.column(k).to_numpy(zero_copy_only=False) for k in ("ra", "dec", "pmra", "pmdec")
-    }
-    ra, dec = refcat.propagate_proper_motion(col["ra"], col["dec"], col["pmra"], col["pmdec"],
-                                             refcat.GAIA_DR3_EPOCH, obsmjd)  # fmt: skip
-    stars = stars.set_column(stars.schema.get_field_index("ra"), "ra", pa.array(ra))
-    stars = stars.set_column(stars.schema.get_field_index("dec"), "dec", pa.array(dec))
+    stars = refcat.at_epoch(catalogue.cone(ra, dec, radius), obsmjd)
     metadata = {
         "ztfluigi.product": "ApertureCatalog",
         "raw_file": rawname.filename, "qid": str(qid), "epoch_mjd": f"{obsmjd:.7f}",
