@@ -1,12 +1,9 @@
-"""The ``ztfluigi`` command: helpers around the Luigi tasks (more subcommands come with #5/#6)."""
+"""``ztfluigi night DATE``: what the configured archive holds for a night."""
 
 from __future__ import annotations
 
 import argparse
 import collections
-import sys
-
-from ztfluigi import __version__
 
 
 def _night(args: argparse.Namespace) -> int:
@@ -28,21 +25,8 @@ def _night(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ztfluigi`` console script."""
-    parser = argparse.ArgumentParser(prog="ztfluigi", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"ztfluigi {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``night``."""
     night = sub.add_parser("night", help="summarise a night's raw files (from the archive)")
     night.add_argument("date", help="UT date, YYYY-MM-DD")
     night.set_defaults(func=_night)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as exc:  # bad dates and names: one line, no traceback
-        print(f"ztfluigi: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
