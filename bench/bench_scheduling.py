@@ -24,7 +24,7 @@ import luigi.configuration
 import pyarrow as pa
 
 from ztfluigi import storage
-from ztfluigi.tasks import ApertureCatalog, RawIndex, calib, catalog, raw
+from ztfluigi.tasks import ApertureCatalog, RawIndex, calib, catalog, raw, science
 
 DATE = dt.date(2019, 3, 31)
 
@@ -40,15 +40,7 @@ def stub_pixel_work() -> None:
         cls.run = lambda self: _touch(self.output())
 
     def build(task, date, ccdid, filtercode, todo):  # noqa: ANN001, ANN202 - same as the real one
-        match = None
-        for step in catalog.match_calibration(date, ccdid, filtercode):
-            if isinstance(step, catalog.calmatch.CalibrationMatch):
-                match = step
-            else:
-                yield step
-        yield [calib.MasterBias(date=match.bias_night, ccdid=ccdid),
-               calib.MasterFlat(date=match.flat_night, ccdid=ccdid, filtercode=filtercode),
-               calib.FocalPlaneLevel(date=match.flat_night, filtercode=filtercode)]  # fmt: skip
+        yield from science.calibration_tasks(date, ccdid, filtercode)
         for rawname, qid in todo:
             storage.write_parquet(catalog.catalog_target(rawname, qid), pa.table({"x": [0.0]}))
 

@@ -3,6 +3,7 @@
 from ztfluigi.tasks.calib import FocalPlaneFlatImage, FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, QuadrantCatalog
 from ztfluigi.tasks.raw import RawFile, RawFiles, RawIndex, RawNight
+from ztfluigi.tasks.science import ScienceQuadrant
 from ztfluigi.tasks.sim import SimRefCatalog, SimTruth
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "RawFiles",
     "RawIndex",
     "RawNight",
+    "ScienceQuadrant",
     "SimRefCatalog",
     "SimTruth",
 ]

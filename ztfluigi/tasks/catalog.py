@@ -6,8 +6,9 @@ parquet output. A unit is complete when every branch output exists (one listing 
 directory) and running it builds only the missing ones. :class:`ApertureCatalog` is the night's
 entry point (a wrapper over the units); :class:`QuadrantCatalog` keeps one quadrant addressable.
 
-Calibration nights are matched at run time from the RawIndex products of the surrounding nights,
-nearest first (dynamic dependencies), and recorded in every catalogue's metadata.
+Science quadrants are virtual (:mod:`ztfluigi.tasks.science`): built in memory from the raw file and
+the calibrations matched at run time (dynamic dependencies), and recorded in every catalogue's
+metadata.
 """
 
 from __future__ import annotations
@@ -17,26 +18,30 @@ import logging
 from collections.abc import Iterator
 
 import luigi
-import numpy as np
 import pyarrow as pa
-from astropy.io import fits
 from astropy.wcs import WCS
 
 from ztfluigi import calmatch, config, naming, photometry, raw, refcat, science, storage
-from ztfluigi.corrections import CorrectionSpec
 from ztfluigi.naming import RawName
 from ztfluigi.provenance import package_versions
 from ztfluigi.tasks import progress
-from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat, read_focal_plane_level
+from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.parameters import (
-    FIRST_NIGHT,
     CcdParameter,
     FilterParameter,
-    InvalidParameter,
     NightParameter,
+    QidParameter,
     RawFilenameParameter,
 )
-from ztfluigi.tasks.raw import RawFile, RawFiles, RawIndex, night_index, raw_target, select_raw
+from ztfluigi.tasks.raw import RawFiles, RawIndex, night_index, raw_target, select_raw
+from ztfluigi.tasks.science import (
+    Calibration,
+    ScienceQuadrant,
+    calibration_tasks,
+    science_quadrant,
+    science_rawname,
+    store_science_quadrant,
+)
 from ztfluigi.tasks.sim import SimRefCatalog
 
 logger = logging.getLogger("luigi-interface")
@@ -53,31 +58,6 @@ def refcat_url(date: dt.date) -> str:
     """The reference catalogue store: the night's synthetic one, or the configured Gaia DR3."""
     setting = config.ztfluigi().refcat
     return SimRefCatalog(date=date).catalog_url() if setting == "sim" else setting
-
-
-def match_calibration(
-    date: dt.date, ccdid: int, filtercode: str
-) -> Iterator[list[luigi.Task] | calmatch.CalibrationMatch]:
-    """Nearest usable calibration nights, reading the RawIndex of candidate nights nearest first.
-
-    A generator for Luigi's dynamic dependencies: it yields the RawIndex tasks it needs and
-    finally the :class:`~ztfluigi.calmatch.CalibrationMatch`.
-    """
-    window = config.ztfluigi().calib_window
-    today = dt.datetime.now(dt.UTC).date()
-    indexes: dict[dt.date, pa.Table] = {}
-    error: calmatch.NoCalibrationError | None = None
-    for night in calmatch.candidate_nights(date, window):
-        if not FIRST_NIGHT <= night <= today:
-            continue
-        yield [RawIndex(date=night)]
-        indexes[night] = night_index(night)
-        try:
-            yield calmatch.match_calibrations(date, indexes, ccdid, filtercode, window=window)
-            return
-        except calmatch.NoCalibrationError as exc:
-            error = exc
-    raise error or calmatch.NoCalibrationError(f"{date}: no calibration night available")
 
 
 class ApertureCatalogUnit(progress.OneLineFailures, luigi.Task):
@@ -129,18 +109,7 @@ def build_catalogues(
     """Match calibrations (dynamic dependencies), then build and write the ``todo`` catalogues."""
     if not todo:
         return
-    match = None
-    for step in match_calibration(date, ccdid, filtercode):
-        if isinstance(step, calmatch.CalibrationMatch):
-            match = step
-        else:
-            yield step
-    calib_tasks = [
-        MasterBias(date=match.bias_night, ccdid=ccdid),
-        MasterFlat(date=match.flat_night, ccdid=ccdid, filtercode=filtercode),
-        FocalPlaneLevel(date=match.flat_night, filtercode=filtercode),
-    ]
-    yield calib_tasks
+    match, calib_tasks = yield from calibration_tasks(date, ccdid, filtercode)
     calibration = Calibration.load(*calib_tasks, match=match)
     url = refcat_url(date)
     catalogue = refcat.RefCatalog(url)
@@ -158,53 +127,6 @@ def build_catalogues(
             storage.write_parquet(catalog_target(rawname, qid), table)
             done += 1
             progress.report(task, done, len(todo), "quadrant catalogues")
-
-
-class Calibration:
-    """The calibration arrays and provenance shared by a unit's quadrants."""
-
-    def __init__(self, bias: np.ndarray, flat: np.ndarray, fltnorm: float, fltnorm_fp: float,
-                 files: dict[str, str], match: calmatch.CalibrationMatch) -> None:  # fmt: skip
-        self.bias, self.flat, self.fltnorm, self.fltnorm_fp = bias, flat, fltnorm, fltnorm_fp
-        self.files, self.match = files, match
-
-    @classmethod
-    def load(cls, bias_task: MasterBias, flat_task: MasterFlat, fp_task: FocalPlaneLevel,
-             match: calmatch.CalibrationMatch) -> Calibration:  # fmt: skip
-        bias = np.asarray(storage.read_fits(bias_task.output())[0].data, np.float32)
-        flat_hdu = storage.read_fits(flat_task.output())[0]
-        fltnorm_fp, _ = read_focal_plane_level(fp_task.output())
-        tasks = {"bias": bias_task, "flat": flat_task, "fp": fp_task}
-        files = {k: t.output().path.rsplit("/", 1)[-1] for k, t in tasks.items()}
-        return cls(bias, np.asarray(flat_hdu.data, np.float32), float(flat_hdu.header["FLTNORM"]),
-                   fltnorm_fp, files, match)  # fmt: skip
-
-
-def science_quadrant(
-    ccd: raw.RawCCD, rawname: RawName, qid: int, calibration: Calibration
-) -> science.ScienceQuadrant:
-    """The virtual science quadrant: built in memory from the raw file and the calibrations."""
-    archive = config.get_archive()
-    spec = CorrectionSpec()
-    ipac_header = archive.science_header(rawname, qid)
-    _, ipac_mask = archive.science_mask(rawname, qid)
-    prov = science.science_provenance(
-        calibration.files["bias"], calibration.files["flat"], calibration.files["fp"],
-        calibration.fltnorm, calibration.fltnorm_fp, calibration.match.header_cards(), spec,
-        raw_file=rawname.filename,
-    )  # fmt: skip
-    return science.build_science_quadrant(
-        ccd, rawname, qid, calibration.bias, calibration.flat, calibration.fltnorm,
-        calibration.fltnorm_fp, ipac_header, ipac_mask, prov, spec,
-    )  # fmt: skip
-
-
-def store_science_quadrant(sci: science.ScienceQuadrant, rawname: RawName, qid: int) -> None:
-    """Cache a science quadrant as ztfin2p3 ``…_sciimg.fits`` and ``…_mskimg.fits`` (optional)."""
-    for suffix, data in (("sciimg.fits", sci.data), ("mskimg.fits", sci.mask)):
-        rel = naming.science_quadrant_relpath(rawname, qid, suffix, prefix="ztfin2p3")
-        target = storage.get_target(config.ztfluigi().catalog_url(rel))
-        storage.write_fits(target, fits.HDUList([fits.PrimaryHDU(data, sci.header)]))
 
 
 def quadrant_catalogue(
@@ -262,16 +184,23 @@ class ApertureCatalog(luigi.WrapperTask):
         return reqs
 
     def night_inputs(self, ccds: list[int] | range, filters: list[str] | tuple[str, ...]) -> list:
-        """The night's raw-file units and its own usable master calibrations."""
+        """The night's raw-file units and its own usable master calibrations with their raw frames.
+
+        A complete task's requirements are not checked by Luigi, so the raw frames behind a
+        master calibration are required here too: a deleted bias frame is fetched again.
+        """
         index = night_index(self.date)
         reqs: list[luigi.Task] = []
         for c in ccds:
             reqs += [RawFiles(date=self.date, ccdid=c, imgtype="object", filtercode=f)
                      for f in filters]  # fmt: skip
             if calmatch.usable_bias(index, c):
-                reqs.append(MasterBias(date=self.date, ccdid=c))
-            reqs += [MasterFlat(date=self.date, ccdid=c, filtercode=f)
-                     for f in filters if calmatch.usable_flat(index, c, f)]  # fmt: skip
+                bias = MasterBias(date=self.date, ccdid=c)
+                reqs += [bias, bias.requires()]
+            for f in filters:
+                if calmatch.usable_flat(index, c, f):
+                    flat = MasterFlat(date=self.date, ccdid=c, filtercode=f)
+                    reqs += [flat, flat.requires()["flats"]]
         if not self.ccdid:
             reqs += [FocalPlaneLevel(date=self.date, filtercode=f)
                      for f in filters if calmatch.usable_focal_plane(index, f)]  # fmt: skip
@@ -282,18 +211,14 @@ class QuadrantCatalog(progress.OneLineFailures, luigi.Task):
     """The aperture catalogue of one science quadrant, addressable on its own."""
 
     filename = RawFilenameParameter()
-    qid = luigi.IntParameter(description="quadrant 1-4")
+    qid = QidParameter()
 
     @property
     def rawname(self) -> RawName:
-        return naming.parse_raw_filename(self.filename)
+        return science_rawname(self.filename)
 
     def requires(self) -> list[luigi.Task]:
-        if self.qid not in (1, 2, 3, 4):
-            raise InvalidParameter(f"qid {self.qid} is not a ZTF quadrant id (1-4)")
-        if self.rawname.imgtype != "object":
-            raise InvalidParameter(f"{self.filename} is not a science exposure")
-        reqs = [RawIndex(date=self.rawname.date), RawFile(filename=self.filename)]
+        reqs = [ScienceQuadrant(filename=self.filename, qid=self.qid)]
         if config.ztfluigi().refcat == "sim":
             reqs.append(SimRefCatalog(date=self.rawname.date))
         return reqs

@@ -66,6 +66,18 @@ class CcdParameter(luigi.IntParameter):
         return value
 
 
+class QidParameter(luigi.IntParameter):
+    """A quadrant id, 1–4."""
+
+    def normalize(self, value: int | str | None) -> int | None:
+        if value is None:
+            return None
+        value = int(value)
+        if not 1 <= value <= 4:
+            raise InvalidParameter(f"qid {value} is not a ZTF quadrant id (1-4)")
+        return value
+
+
 class FilterParameter(luigi.Parameter):
     """A ZTF science filter code (zg, zr, zi), or '' for all where allowed."""
 
