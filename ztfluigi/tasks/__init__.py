@@ -2,12 +2,14 @@
 
 from ztfluigi.tasks.calib import FocalPlaneFlatImage, FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, QuadrantCatalog
+from ztfluigi.tasks.ranges import ApertureCatalogRange
 from ztfluigi.tasks.raw import RawFile, RawFiles, RawIndex, RawNight
 from ztfluigi.tasks.science import ScienceQuadrant
 from ztfluigi.tasks.sim import SimRefCatalog, SimTruth
 
 __all__ = [
     "ApertureCatalog",
+    "ApertureCatalogRange",
     "ApertureCatalogUnit",
     "FocalPlaneFlatImage",
     "FocalPlaneLevel",

@@ -1,0 +1,107 @@
+"""What an entry task stands for in the store: its stored products by kind, and which exist.
+
+``ztfluigi status`` and ``ztfluigi clean`` walk an entry task's static requirements (the night's
+RawIndex, raw-file units, master calibrations, focal-plane levels, catalogue units) and enumerate
+the stored outputs with their kind, night and consumers — the products made from them, so a raw
+frame can be removed once what it was for exists. Existence is answered in bulk, one listing per
+directory (:class:`ztfluigi.storage.ListingCache`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import luigi
+
+from ztfluigi import storage
+from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
+from ztfluigi.tasks.catalog import ApertureCatalogUnit, catalog_target
+from ztfluigi.tasks.raw import RawFiles, RawIndex, raw_target
+from ztfluigi.tasks.science import science_cache_targets
+
+#: Stored product kinds, in data-flow order (the rows of ``ztfluigi status``).
+KINDS = ("rawindex", "raw", "bias", "flat", "focal_plane", "catalogue", "science")
+#: Kinds shown only when some exist (science quadrants are virtual unless ``store_science``).
+OPTIONAL_KINDS = ("science",)
+
+
+@dataclass(frozen=True)
+class Product:
+    """One stored output: its kind, URL, night, and the URLs of the products made from it."""
+
+    kind: str
+    url: str
+    night: dt.date
+    consumers: tuple[str, ...] = ()
+
+
+@dataclass
+class Inventory:
+    """The stored products of an entry task, and the tasks whose outputs are not known yet."""
+
+    products: list[Product]
+    unknown: list[str]  #: units whose night has no RawIndex yet (their files are not listed)
+
+    def of_kind(self, kind: str) -> list[Product]:
+        return [p for p in self.products if p.kind == kind]
+
+
+def _raw_products(unit: RawFiles) -> Iterator[Product]:
+    for rawname in unit.branches():
+        if unit.imgtype == "object":
+            consumers = tuple(catalog_target(rawname, q).path for q in range(1, 5))
+        elif unit.imgtype == "bias":
+            consumers = (MasterBias(date=unit.date, ccdid=unit.ccdid).output().path,)
+        else:
+            master = MasterFlat(date=unit.date, ccdid=unit.ccdid, filtercode=rawname.filtercode)
+            consumers = (master.output().path,)
+        yield Product("raw", raw_target(rawname).path, unit.date, consumers)
+
+
+def _unit_products(unit: ApertureCatalogUnit) -> Iterator[Product]:
+    for rawname, qid in unit.branches():
+        yield Product("catalogue", catalog_target(rawname, qid).path, unit.date)
+        for target in science_cache_targets(rawname, qid).values():
+            yield Product("science", target.path, unit.date)
+
+
+_SINGLE_OUTPUT: dict[type, str] = {
+    RawIndex: "rawindex", MasterBias: "bias", MasterFlat: "flat", FocalPlaneLevel: "focal_plane",
+}  # fmt: skip
+_BRANCHED: dict[type, Callable[[luigi.Task], Iterator[Product]]] = {
+    RawFiles: _raw_products, ApertureCatalogUnit: _unit_products,
+}  # fmt: skip
+
+
+def inventory(entry: luigi.Task) -> Inventory:
+    """Every stored product under ``entry``'s static requirements (dynamic ones are not seen)."""
+    products: dict[str, Product] = {}
+    unknown: list[str] = []
+    seen: set[str] = set()
+    stack = [entry]
+    while stack:
+        task = stack.pop()
+        if task.task_id in seen:
+            continue
+        seen.add(task.task_id)
+        kind = _SINGLE_OUTPUT.get(type(task))
+        if kind:
+            products.setdefault(task.output().path,
+                                Product(kind, task.output().path, task.date))  # fmt: skip
+        branched = _BRANCHED.get(type(task))
+        if branched:
+            if RawIndex(date=task.date).output().exists():
+                products.update((p.url, p) for p in branched(task))
+            else:
+                unknown.append(str(task))
+        stack.extend(luigi.task.flatten(task.requires()))
+    ordered = sorted(products.values(), key=lambda p: (KINDS.index(p.kind), p.night, p.url))
+    return Inventory(ordered, sorted(unknown))
+
+
+def existing(products: list[Product], listing: storage.ListingCache | None = None) -> list[bool]:
+    """Whether each product exists, one listing per directory."""
+    listing = listing or storage.ListingCache()
+    return listing.exists_many([p.url for p in products])
