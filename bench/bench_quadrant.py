@@ -249,14 +249,17 @@ class Masters:
     flat: np.ndarray
     fltnorm: float
     fltnorm_fp: float
+    flat_median: float  #: the quadrant's median flat (SATURATE), once per CCD and filter
 
 
 def read_masters(inp: Inputs) -> Masters:
     """As ``tasks.science.Calibration.load`` (the focal-plane level from the flat header here)."""
     bias = np.asarray(storage.read_fits(str(inp.bias_path))[0].data, np.float32)
     flat_hdu = storage.read_fits(str(inp.flat_path))[0]
-    return Masters(bias, np.asarray(flat_hdu.data, np.float32), float(flat_hdu.header["FLTNORM"]),
-                   float(flat_hdu.header["FLTNORM_FP"]))  # fmt: skip
+    flat = np.asarray(flat_hdu.data, np.float32)
+    return Masters(bias, flat, float(flat_hdu.header["FLTNORM"]),
+                   float(flat_hdu.header["FLTNORM_FP"]),
+                   science.quadrant_flat_median(flat, QID))  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -294,7 +297,7 @@ def ours_once(inp: Inputs, masters: Masters, catalogue: refcat.RefCatalog, out_u
     with timed_corrections(inner):
         sci = science.build_science_quadrant(
             ccd, inp.rawname, QID, masters.bias, masters.flat, masters.fltnorm,
-            masters.fltnorm_fp, ipac_header, ipac_mask,
+            masters.fltnorm_fp, ipac_header, ipac_mask, flat_median=masters.flat_median,
         )  # fmt: skip
     t["corrections"] = inner["corrections"]
     t["detrending"] = time.perf_counter() - t0 - inner["corrections"]

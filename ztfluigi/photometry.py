@@ -372,7 +372,12 @@ def _bad_pixels(image: np.ndarray, mask: np.ndarray | None, bits: int) -> np.nda
         mask = np.asarray(mask)
         if mask.shape != image.shape:
             raise ValueError(f"mask shape {mask.shape} != image shape {image.shape}")
-        bad |= (mask.astype(np.int64, copy=False) & bits) != 0
+        if mask.dtype.kind in "iu":  # same-width unsigned view: no 64-bit copy of the mask
+            unsigned = mask.view(f"u{mask.dtype.itemsize}")
+            width_bits = unsigned.dtype.type(bits & ((1 << 8 * mask.dtype.itemsize) - 1))
+            bad |= (unsigned & width_bits) != 0
+        else:
+            bad |= (mask.astype(np.int64) & bits) != 0
     return bad
 
 

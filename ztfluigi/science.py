@@ -356,6 +356,13 @@ def science_mask(ipac_mask: np.ndarray | None, data: np.ndarray) -> np.ndarray:
     return mask
 
 
+def quadrant_flat_median(flat: np.ndarray, qid: int) -> float:
+    """Median of a quadrant's usable flat pixels (NaN if none): the flat ``SATURATE`` refers to."""
+    flat_q = quadrant_of(flat, qid)
+    good = flat_q[~bad_flat(flat_q)]
+    return float(np.median(good)) if good.size else float("nan")
+
+
 def build_science_quadrant(
     raw: RawCCD,
     rawname: RawName,
@@ -369,6 +376,7 @@ def build_science_quadrant(
     provenance: Mapping[str, object] | None = None,
     spec: CorrectionSpec = DEFAULT_SPEC,
     saturation: float | None = None,
+    flat_median: float | None = None,
 ) -> ScienceQuadrant:
     """Pixels, header and mask of one science quadrant (raw/IPAC orientation).
 
@@ -376,7 +384,9 @@ def build_science_quadrant(
     saturation level in bias-subtracted corrected DN at unit flat; when ``None``, IPAC's
     ``SATURATE`` is used as that level (IPAC's image is bias-subtracted DN divided by a
     unit-median flat, so its SATURATE is the same physical level). Our ``SATURATE`` is then
-    :func:`science_saturation` at the quadrant's median flat; no level → no ``SATURATE``.
+    :func:`science_saturation` at the quadrant's median flat (``flat_median``: that median, from
+    :func:`quadrant_flat_median`, when the caller computed it once for many exposures); no level
+    → no ``SATURATE``.
     """
     data, nbad = _quadrant_detrend(
         raw.data[qid], raw.overscan[qid], rawname.ccdid, qid, rawname.date,
@@ -388,13 +398,12 @@ def build_science_quadrant(
         level, source = saturation, "given level"
         if level is None and "SATURATE" in ipac_header:
             level, source = float(ipac_header["SATURATE"]), "IPAC SATURATE rescaled"
-        if level is not None:
-            flat_q = quadrant_of(flat, qid)
-            good = flat_q[~bad_flat(flat_q)]
-            if good.size:
-                sat = science_saturation(level, float(np.median(good)), fltnorm, fltnorm_fp)
-                cards["SATURATE"] = (round(sat, 3), "est. saturation of this image [DN]")
-                cards["SATSRC"] = (source, "origin of SATURATE (at median flat)")
+        if flat_median is None and level is not None:
+            flat_median = quadrant_flat_median(flat, qid)
+        if level is not None and np.isfinite(flat_median):
+            sat = science_saturation(level, flat_median, fltnorm, fltnorm_fp)
+            cards["SATURATE"] = (round(sat, 3), "est. saturation of this image [DN]")
+            cards["SATSRC"] = (source, "origin of SATURATE (at median flat)")
     cards.setdefault("NBADFLAT", (nbad, "pixels NaN: flat <= 0 or not finite"))
     header = science_header(raw.header, raw.quadrant_headers[qid], ipac_header, cards)
     return ScienceQuadrant(data, header, science_mask(ipac_mask, data))

@@ -113,6 +113,8 @@ class Calibration:
                  files: dict[str, str], match: calmatch.CalibrationMatch) -> None:  # fmt: skip
         self.bias, self.flat, self.fltnorm, self.fltnorm_fp = bias, flat, fltnorm, fltnorm_fp
         self.files, self.match = files, match
+        #: per-quadrant median flat (SATURATE), computed once for all the exposures it serves
+        self.flat_medians = {q: science.quadrant_flat_median(flat, q) for q in range(1, 5)}
 
     @classmethod
     def load(cls, bias_task: MasterBias, flat_task: MasterFlat, fp_task: FocalPlaneLevel,
@@ -142,6 +144,7 @@ def science_quadrant(
     return science.build_science_quadrant(
         ccd, rawname, qid, calibration.bias, calibration.flat, calibration.fltnorm,
         calibration.fltnorm_fp, ipac_header, ipac_mask, prov, spec,
+        flat_median=calibration.flat_medians[qid],
     )  # fmt: skip
 
 
