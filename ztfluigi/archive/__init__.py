@@ -56,7 +56,11 @@ class Archive(abc.ABC):
 
 def get_archive(spec: str, seed: int = 0, scale: int = 8, n_fields: int = 3,
                 calib_gaps: bool = False) -> Archive:  # fmt: skip
-    """The archive named by the ``[ztfluigi] archive`` setting."""
+    """The archive named by the ``[ztfluigi] archive`` setting.
+
+    ``sim``: the synthetic instrument (the other arguments are its ``[sim]`` settings); ``irsa``:
+    IRSA itself; ``http(s)://host:port``: an IRSA-compatible server (``ztfluigi archive serve``).
+    """
     if spec == "sim":
         from ztfluigi.archive.sim import SimArchive
         from ztfluigi.sim.schedule import SimConfig
@@ -64,7 +68,11 @@ def get_archive(spec: str, seed: int = 0, scale: int = 8, n_fields: int = 3,
         return SimArchive(
             SimConfig(seed=seed, scale=scale, n_fields=n_fields, calib_gaps=calib_gaps)
         )
+    if spec == "irsa" or spec.startswith(("http://", "https://")):
+        from ztfluigi.archive.irsa import IRSA_URL, IrsaArchive
+
+        return IrsaArchive(IRSA_URL if spec == "irsa" else spec)
     raise ArchiveError(
-        f"unknown archive {spec!r}: only 'sim' is available in this version "
-        "(the IRSA client and http(s):// servers come with the IRSA support)"
+        f"unknown archive {spec!r}: expected 'sim', 'irsa' or the http(s)://host:port of an "
+        "IRSA-compatible server"
     )
