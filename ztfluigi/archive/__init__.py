@@ -36,6 +36,9 @@ class Archive(abc.ABC):
 
     #: short name recorded in provenance ("sim", "irsa", a server URL)
     name: str = "archive"
+    #: True when :meth:`fetch_raw` returns only bytes that passed ``raw.verify_raw`` (the IRSA
+    #: client verifies to decide on retries), so the task layer need not verify them again
+    verifies_raw: bool = False
 
     @abc.abstractmethod
     def night_metadata(self, date: dt.date) -> pa.Table:

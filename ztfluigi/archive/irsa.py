@@ -207,6 +207,8 @@ def _without_layout(header: fits.Header) -> fits.Header:
 class IrsaArchive(Archive):
     """IRSA (``base_url`` = :data:`IRSA_URL`) or any server with IRSA's URL layout."""
 
+    verifies_raw = True
+
     def __init__(
         self,
         base_url: str = IRSA_URL,
