@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+
 import luigi
+
+logger = logging.getLogger("luigi-interface")
 
 
 def report(task: luigi.Task, done: int, total: int, what: str) -> None:
@@ -26,12 +33,55 @@ def expected_error_types() -> tuple[type[BaseException], ...]:
             ProductError)  # fmt: skip
 
 
+def _fail_status(task: luigi.Task, exc: BaseException) -> None:
+    """Put a known error's one line in the task's status message (the scheduler's task list)."""
+    if task.set_status_message is None or not isinstance(exc, expected_error_types()):
+        return
+    try:
+        task.set_status_message(f"{type(exc).__name__}: {exc}")
+    except Exception as rpc_error:  # the failure itself must reach the scheduler, not this one
+        logger.warning("could not send the failure of %s as status: %s", task, rpc_error)
+
+
+def _status_on_failure(run: Callable) -> Callable:
+    """Wrap a task's ``run`` (plain or a dynamic-dependency generator) with :func:`_fail_status`."""
+    if inspect.isgeneratorfunction(run):
+
+        @functools.wraps(run)
+        def run_generator(self: luigi.Task):
+            try:
+                return (yield from run(self))
+            except BaseException as exc:
+                _fail_status(self, exc)
+                raise
+
+        return run_generator
+
+    @functools.wraps(run)
+    def run_plain(self: luigi.Task):
+        try:
+            return run(self)
+        except BaseException as exc:
+            _fail_status(self, exc)
+            raise
+
+    return run_plain
+
+
 class OneLineFailures:
     """Mixin: a task failing with a known ztfluigi error reports its one-line message.
 
-    Luigi sends ``on_failure``'s return value to the scheduler (the visualiser and the execution
-    summary show it); the default is the whole traceback.
+    Luigi sends ``on_failure``'s return value to the scheduler (``fetch_error``: the visualiser's
+    error pop-up and the execution summary); the default is the whole traceback. The same line
+    also becomes the task's status message, so ``/api/task_list`` and the task list show why a
+    task failed without opening it (``run`` of each subclass is wrapped to set it: ``on_failure``
+    runs after Luigi has withdrawn the status callbacks).
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "run" in cls.__dict__:
+            cls.run = _status_on_failure(cls.__dict__["run"])
 
     def on_failure(self, exception: BaseException) -> str:
         if isinstance(exception, expected_error_types()):
