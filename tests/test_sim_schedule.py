@@ -50,3 +50,17 @@ def test_calibration_gaps_option():
     no_cal = next(DEMO_DATE + dt.timedelta(days=i) for i, p in enumerate(plans) if not p.bias)
     log = night_log(SimConfig(calib_gaps=True), no_cal)
     assert {e.imgtype for e in log} == {"object"}
+
+
+def test_weather_closes_some_nights_but_leaves_the_others_unchanged():
+    cfg = SimConfig(weather_losses=0.3)
+    nights = [dt.date(2019, 3, 1) + dt.timedelta(days=i) for i in range(60)]
+    closed = [d for d in nights if schedule.dome_closed(cfg, d)]
+    assert 0.15 < len(closed) / len(nights) < 0.45
+    for d in nights[:12]:
+        log = night_log(cfg, d)
+        if d in closed:  # calibrations are taken, no science
+            assert log and {e.imgtype for e in log} == {"bias", "flat"}
+        else:
+            assert log == night_log(SimConfig(), d)
+    assert not any(schedule.dome_closed(SimConfig(), d) for d in nights)

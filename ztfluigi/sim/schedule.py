@@ -40,8 +40,11 @@ class SimConfig:
     scale: int = 8  #: quadrants are (3080/scale, 3072/scale) windows of the real ones
     n_fields: int = 3  #: science fields per night
     calib_gaps: bool = False  #: some nights lack calibrations or one filter's flats
+    weather_losses: float = 0.0  #: fraction of nights closed by weather (calibrations only)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.weather_losses <= 1.0:
+            raise ValueError(f"[sim] weather_losses must be in 0..1, got {self.weather_losses}")
         if self.scale < 1 or 3072 // self.scale < 32:
             raise ValueError(f"[sim] scale must be an integer in 1..96, got {self.scale}")
         if self.n_fields < 0:
@@ -117,6 +120,13 @@ def calibration_plan(cfg: SimConfig, date: dt.date) -> CalibrationPlan:
     return CalibrationPlan()
 
 
+def dome_closed(cfg: SimConfig, date: dt.date) -> bool:
+    """Whether weather keeps the dome closed all night (no science; calibrations are taken)."""
+    if not cfg.weather_losses:
+        return False
+    return bool(rng_for(cfg.seed, "weather", date.isoformat()).random() < cfg.weather_losses)
+
+
 def night_log(cfg: SimConfig, date: dt.date) -> list[Exposure]:
     """All exposures of the UT ``date``, in time order."""
     rng = rng_for(cfg.seed, "night", date.isoformat())
@@ -147,7 +157,8 @@ def night_log(cfg: SimConfig, date: dt.date) -> list[Exposure]:
             add(obsjd=t, imgtype="flat", filtercode=filt, field=0, exptime=FLAT_EXPTIME,
                 ra=dome_ra, dec=dome_dec, led=led)  # fmt: skip
             t += FLAT_CADENCE / 86400.0
-    for slot, field in enumerate(_choose_fields(cfg, date, dusk, dawn, rng)):
+    fields = [] if dome_closed(cfg, date) else _choose_fields(cfg, date, dusk, dawn, rng)
+    for slot, field in enumerate(fields):
         # Each field is observed near its meridian transit, in zg then zr then zi.
         t = max(t, dusk + (slot + 0.5) / max(cfg.n_fields, 1) * (dawn - dusk))
         for filt in ("zg", "zr", "zi"):
