@@ -11,11 +11,7 @@ from ztfluigi.sim import psf
 from ztfluigi.tasks import (
     ApertureCatalog,
     ApertureCatalogUnit,
-    FocalPlaneLevel,
-    MasterBias,
-    MasterFlat,
     QuadrantCatalog,
-    RawFiles,
     ScienceQuadrant,
     SimTruth,
 )
@@ -125,18 +121,12 @@ def test_catalogue_positions_are_the_true_positions(night):
 
 def stored_products(entry):
     """Every stored product the night's entry stands for, by kind (targets)."""
+    from ztfluigi.tasks.inventory import inventory
+
     kinds = {"catalogue": [], "raw": [], "bias": [], "flat": [], "focal_plane": []}
-    for task in luigi.task.flatten(entry.requires()):
-        if isinstance(task, ApertureCatalogUnit):
-            kinds["catalogue"] += task.output()
-        elif isinstance(task, RawFiles):
-            kinds["raw"] += task.output()
-        elif isinstance(task, MasterBias):
-            kinds["bias"].append(task.output())
-        elif isinstance(task, MasterFlat):
-            kinds["flat"].append(task.output())
-        elif isinstance(task, FocalPlaneLevel):
-            kinds["focal_plane"].append(task.output())
+    for product in inventory(entry).products:
+        if product.kind in kinds:
+            kinds[product.kind].append(storage.get_target(product.url))
     return kinds
 
 

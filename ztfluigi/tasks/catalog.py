@@ -69,15 +69,12 @@ class ApertureCatalogUnit(progress.OneLineFailures, luigi.Task):
     field = luigi.IntParameter(default=0, description="only this ZTF field (0 = all)")
 
     def requires(self) -> dict[str, luigi.Task]:
-        reqs = {
+        return {
             "index": RawIndex(date=self.date),
             "raw": RawFiles(
                 date=self.date, ccdid=self.ccdid, imgtype="object", filtercode=self.filtercode
             ),  # fmt: skip
         }
-        if config.ztfluigi().refcat == "sim":
-            reqs["refcat"] = SimRefCatalog(date=self.date)
-        return reqs
 
     def branches(self) -> list[tuple[RawName, int]]:
         """(raw science file, qid) pairs of this unit (needs the RawIndex)."""
@@ -109,6 +106,8 @@ def build_catalogues(
     """Match calibrations (dynamic dependencies), then build and write the ``todo`` catalogues."""
     if not todo:
         return
+    if config.ztfluigi().refcat == "sim":  # only nights with science have a synthetic catalogue
+        yield [SimRefCatalog(date=date)]
     match, calib_tasks = yield from calibration_tasks(date, ccdid, filtercode)
     calibration = Calibration.load(*calib_tasks, match=match)
     url = refcat_url(date)
@@ -157,12 +156,15 @@ def quadrant_catalogue(
     return photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars, metadata=metadata)
 
 
-class ApertureCatalog(luigi.WrapperTask):
+class ApertureCatalog(luigi.Task):
     """Every aperture catalogue of a night (narrowed by CCD, filter, field): the entry point.
 
-    Besides the catalogue units it requires the night's own stored inputs — raw-file units and,
-    where the night has a usable calibration sequence, its master calibrations — so that a re-run
-    after deleting any of them rebuilds exactly what was deleted.
+    Requires the catalogue units; complete when they are and so are the night's own stored
+    inputs — raw-file units and, where the night has a usable calibration sequence, its master
+    calibrations and their raw frames — so that a re-run after deleting any of them rebuilds
+    exactly what was deleted. Those inputs are known only from the night's RawIndex, so ``run()``
+    asks for them as dynamic dependencies (static requirements must not change between scheduling
+    and running, and the RawIndex may appear in between).
     """
 
     date = NightParameter()
@@ -170,25 +172,35 @@ class ApertureCatalog(luigi.WrapperTask):
     filtercode = FilterParameter(default="", allow_all=True)
     field = luigi.IntParameter(default=0, description="only this ZTF field (0 = all)")
 
-    def requires(self) -> list[luigi.Task]:
+    def _selection(self) -> tuple[list[int] | range, list[str] | tuple[str, ...]]:
         if self.ccdid:
             CcdParameter().normalize(self.ccdid)
         ccds = [self.ccdid] if self.ccdid else range(1, 17)
-        filters = [self.filtercode] if self.filtercode else naming.SCIENCE_FILTERS
-        reqs: list[luigi.Task] = [
-            ApertureCatalogUnit(date=self.date, ccdid=c, filtercode=f, field=self.field)
-            for c in ccds for f in filters
-        ]  # fmt: skip
-        if RawIndex(date=self.date).output().exists():
-            reqs += self.night_inputs(ccds, filters)
-        return reqs
+        return ccds, [self.filtercode] if self.filtercode else naming.SCIENCE_FILTERS
 
-    def night_inputs(self, ccds: list[int] | range, filters: list[str] | tuple[str, ...]) -> list:
+    def requires(self) -> list[ApertureCatalogUnit]:
+        ccds, filters = self._selection()
+        return [ApertureCatalogUnit(date=self.date, ccdid=c, filtercode=f, field=self.field)
+                for c in ccds for f in filters]  # fmt: skip
+
+    def complete(self) -> bool:
+        if not all(unit.complete() for unit in self.requires()):
+            return False
+        return all(task.complete() for task in self.night_inputs())
+
+    def run(self) -> Iterator[list[luigi.Task]]:
+        yield self.night_inputs()
+
+    def night_inputs(self) -> list[luigi.Task]:
         """The night's raw-file units and its own usable master calibrations with their raw frames.
 
         A complete task's requirements are not checked by Luigi, so the raw frames behind a
-        master calibration are required here too: a deleted bias frame is fetched again.
+        master calibration are listed too: a deleted bias frame is fetched again. Empty until the
+        night's RawIndex exists.
         """
+        if not RawIndex(date=self.date).output().exists():
+            return []
+        ccds, filters = self._selection()
         index = night_index(self.date)
         reqs: list[luigi.Task] = []
         for c in ccds:

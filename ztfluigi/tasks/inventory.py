@@ -17,7 +17,7 @@ import luigi
 
 from ztfluigi import storage
 from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
-from ztfluigi.tasks.catalog import ApertureCatalogUnit, catalog_target
+from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, catalog_target
 from ztfluigi.tasks.raw import RawFiles, RawIndex, raw_target
 from ztfluigi.tasks.science import science_cache_targets
 
@@ -76,7 +76,8 @@ _BRANCHED: dict[type, Callable[[luigi.Task], Iterator[Product]]] = {
 
 
 def inventory(entry: luigi.Task) -> Inventory:
-    """Every stored product under ``entry``'s static requirements (dynamic ones are not seen)."""
+    """Every stored product under ``entry``'s requirements and the night inputs of its nights
+    (calibrations of other nights, matched at run time, are not seen)."""
     products: dict[str, Product] = {}
     unknown: list[str] = []
     seen: set[str] = set()
@@ -97,6 +98,8 @@ def inventory(entry: luigi.Task) -> Inventory:
             else:
                 unknown.append(str(task))
         stack.extend(luigi.task.flatten(task.requires()))
+        if isinstance(task, ApertureCatalog):
+            stack.extend(task.night_inputs())
     ordered = sorted(products.values(), key=lambda p: (KINDS.index(p.kind), p.night, p.url))
     return Inventory(ordered, sorted(unknown))
 
