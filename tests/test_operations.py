@@ -113,3 +113,23 @@ def test_date_range_is_one_entry_per_night(store):
     assert one.requires() == [entry] and one.complete()
     with pytest.raises(InvalidParameter, match="empty date range"):
         ApertureCatalogRange(start=DEMO_DATE, stop=DEMO_DATE - day).requires()
+
+
+def test_date_range_skips_nights_closed_by_weather(tmp_path):
+    """Nights without science (dome closed) are indexed once, then skipped; the range completes."""
+    from ztfluigi.tasks.raw import night_index
+
+    with luigi_settings({
+        "ztfluigi": {"root": str(tmp_path / "store"), "archive": "sim", "refcat": "sim"},
+        "sim": {"seed": "0", "scale": "32", "n_fields": "1", "weather_losses": "1.0"},
+    }):  # fmt: skip
+        day = dt.timedelta(days=1)
+        rng = ApertureCatalogRange(start=DEMO_DATE, stop=DEMO_DATE + day, ccdid=3,
+                                   filtercode="zg")  # fmt: skip
+        assert len(rng.requires()) == 2  # not indexed yet: each night is looked at
+        assert luigi.build([rng], local_scheduler=True, workers=2, log_level="WARNING")
+        for night in (DEMO_DATE, DEMO_DATE + day):
+            imgtypes = set(night_index(night)["imgtype"].to_pylist())
+            assert imgtypes == {"bias", "flat"}  # calibrations taken, no science
+        assert rng.requires() == [] and rng.complete()
+        assert not list((tmp_path / "store").rglob("*apcat.parquet"))

@@ -1,13 +1,22 @@
-"""Configuration sections of luigi.cfg, as Luigi ``Config`` classes (``[ztfluigi]``, ``[sim]``)."""
+"""luigi.cfg sections as Luigi ``Config`` classes (``[ztfluigi]``, ``[sim]``, ``[s3]``).
+
+Store settings (``[s3]``, the listing policy) are handed to :mod:`ztfluigi.storage` as
+process-wide defaults whenever a product URL is built, so every target and listing on
+``s3://`` uses them; credentials never become task parameters or part of a target.
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import luigi
+from luigi.cmdline_parser import CmdlineParser
+from luigi.parameter import ParameterVisibility
 
-from ztfluigi import archive
+from ztfluigi import archive, storage
 from ztfluigi.archive import Archive
+from ztfluigi.sim.schedule import SimConfig
 from ztfluigi.storage import url_join
 
 
@@ -32,18 +41,102 @@ class ztfluigi(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
     calib_window = luigi.IntParameter(
         default=10, description="calibration nights are searched within ±N days"
     )
+    listing_confirm_missing = luigi.BoolParameter(
+        default=False,
+        description="confirm names missing from a directory listing with a direct check "
+        "(mounts whose listings lag behind writes, e.g. iRODS FUSE)",
+    )
 
     def raw_url(self, relpath: str) -> str:
         """URL of a raw-store path."""
+        install_store_settings()
         return url_join(self.raw_root or self.root, relpath)
 
     def catalog_url(self, relpath: str) -> str:
         """URL of a catalogue-store path."""
+        install_store_settings()
         return url_join(self.catalog_root or self.root, relpath)
 
     def cal_url(self, relpath: str) -> str:
         """URL of a calibration-store path."""
+        install_store_settings()
         return url_join(self.cal_root or self.root, relpath)
+
+
+def _secret(description: str) -> luigi.Parameter:
+    """A credential: not significant (never in task ids or reprs), never sent to the scheduler."""
+    return luigi.Parameter(
+        default="", significant=False, visibility=ParameterVisibility.PRIVATE,
+        description=description,
+    )  # fmt: skip
+
+
+class s3(luigi.Config):  # noqa: N801
+    """S3 endpoint and credentials; empty keys leave s3fs/botocore's usual settings in force.
+
+    Those are the ``AWS_*`` environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_PROFILE``) and ``~/.aws`` files.
+    """
+
+    endpoint_url = luigi.Parameter(default="", description="e.g. https://s3.example.org")
+    region = luigi.Parameter(default="", description="region name, e.g. us-east-1")
+    profile = luigi.Parameter(default="", description="profile of ~/.aws/credentials")
+    key = _secret("access key id")
+    secret = _secret("secret access key")
+    token = _secret("session token")
+    anon = luigi.BoolParameter(default=False, description="unsigned requests (public buckets)")
+    addressing_style = luigi.Parameter(default="", description="path | virtual | auto")
+    multipart_chunksize = luigi.IntParameter(
+        default=storage.S3_DEFAULT_PART_SIZE >> 20,
+        description="MiB per multipart part (>= 5); products of two parts or more go multipart",
+    )
+
+    def storage_options(self) -> dict[str, Any]:
+        """The s3fs ``S3FileSystem`` options these keys stand for (empty keys left out)."""
+        options: dict[str, Any] = {}
+        for name in ("endpoint_url", "profile", "key", "secret", "token"):
+            if getattr(self, name):
+                options[name] = getattr(self, name)
+        if self.anon:
+            options["anon"] = True
+        if self.region:
+            options["client_kwargs"] = {"region_name": self.region}
+        if self.addressing_style:
+            options["config_kwargs"] = {"s3": {"addressing_style": self.addressing_style}}
+        return options
+
+
+_installed: tuple | None = None  # fingerprint of what install_store_settings last read
+_installed_s3 = False  # whether it installed S3 options (an empty [s3] then removes them)
+
+
+def _stamp() -> tuple:
+    """A cheap fingerprint of the settings install_store_settings reads (file + command line)."""
+    cfg = luigi.configuration.get_config()
+    sections = tuple(
+        tuple(cfg.items(name, raw=True)) if cfg.has_section(name) else ()
+        for name in ("s3", "ztfluigi")
+    )
+    return sections, id(CmdlineParser.get_instance())
+
+
+def install_store_settings() -> None:
+    """Hand ``[s3]`` and the listing policy to :mod:`ztfluigi.storage` (when they changed).
+
+    Called whenever a product URL is built; a no-op while the configuration is unchanged.
+    """
+    global _installed, _installed_s3
+    stamp = _stamp()
+    if stamp == _installed:
+        return
+    section = s3()
+    options = section.storage_options()
+    if options or _installed_s3:
+        storage.set_default_storage_options("s3", options)
+        _installed_s3 = bool(options)
+    storage.set_s3_part_size(section.multipart_chunksize << 20)
+    storage.set_confirm_missing(ztfluigi().listing_confirm_missing)
+    _installed = stamp
 
 
 class sim(luigi.Config):  # noqa: N801
@@ -57,15 +150,23 @@ class sim(luigi.Config):  # noqa: N801
     calib_gaps = luigi.BoolParameter(
         default=False, description="some nights lack calibrations or one filter's flats"
     )
+    weather_losses = luigi.FloatParameter(
+        default=0.0, description="fraction of nights closed by weather (no science exposure)"
+    )
+
+    def sim_config(self) -> SimConfig:
+        """These settings as the simulator's :class:`~ztfluigi.sim.schedule.SimConfig`."""
+        return SimConfig(
+            seed=self.seed, scale=self.scale, n_fields=self.n_fields,
+            calib_gaps=self.calib_gaps, weather_losses=self.weather_losses,
+        )  # fmt: skip
 
 
 def get_archive() -> Archive:
     """The configured archive (one instance per process and configuration)."""
-    s = sim()
-    return _archive(ztfluigi().archive, s.seed, s.scale, s.n_fields, s.calib_gaps)
+    return _archive(ztfluigi().archive, sim().sim_config())
 
 
 @functools.cache
-def _archive(spec: str, seed: int, scale: int, n_fields: int, calib_gaps: bool) -> Archive:
-    return archive.get_archive(spec, seed=seed, scale=scale, n_fields=n_fields,
-                               calib_gaps=calib_gaps)  # fmt: skip
+def _archive(spec: str, sim_config: SimConfig) -> Archive:
+    return archive.get_archive(spec, sim_config)

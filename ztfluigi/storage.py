@@ -7,11 +7,17 @@ never sees a partial file under a product's final name, even if the writer is ki
 Products are immutable and deterministic, so committing over an existing file is allowed
 (last writer wins, with ``os.replace`` semantics): two workers racing on the same product
 write identical bytes.
+
+Endpoints and credentials are per-protocol defaults (:func:`set_default_storage_options`,
+installed from luigi.cfg's ``[s3]`` by :mod:`ztfluigi.config`); they live in memory only and
+never appear in a target's repr, its pickle, log lines or error messages.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import logging
 import os
 import re
 import shutil
@@ -25,6 +31,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import fsspec
+import fsspec.asyn
+import fsspec.config
 import luigi.target
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,11 +45,16 @@ __all__ = [
     "FsspecTarget",
     "ListingCache",
     "ProductError",
+    "abort_incomplete_uploads",
     "bulk_exists",
     "get_target",
     "read_bytes",
     "read_fits",
     "read_parquet",
+    "reset_filesystems",
+    "set_confirm_missing",
+    "set_default_storage_options",
+    "set_s3_part_size",
     "url_join",
     "write_bytes",
     "write_fits",
@@ -114,6 +127,31 @@ def _split_url(url: str) -> tuple[str, str]:
 # File systems
 # --------------------------------------------------------------------------------------------
 
+# botocore's DEBUG logs show each request's headers and canonical request: the access key id
+# (``Credential=``) and any session token. Secret keys are never logged; these two are masked.
+_CREDENTIAL_RE = re.compile(
+    r"((?:X-Amz-)?Credential=)[^/%&,'\"\s]+|(X-Amz-Security-Token(?:': b?'|=|:))[^'&\s]+",
+    re.IGNORECASE,
+)
+
+
+class _MaskCredentials(logging.Filter):
+    """Mask access key ids and session tokens in a record's message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed record: leave it to the handler
+            return True
+        masked = _CREDENTIAL_RE.sub(lambda m: (m.group(1) or m.group(2)) + "***", message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
+for _name in ("botocore.endpoint", "botocore.auth", "aiobotocore.endpoint"):
+    logging.getLogger(_name).addFilter(_MaskCredentials())
+
 _FS_CACHE: dict[tuple, fsspec.AbstractFileSystem] = {}
 _FS_CACHE_PID = os.getpid()
 _FS_LOCK = threading.Lock()
@@ -135,7 +173,9 @@ def _freeze(value: Any) -> Any:
 def _get_fsspec(protocol: str, storage_options: dict | None) -> fsspec.AbstractFileSystem:
     """Return the per-process fsspec filesystem for (protocol, options), creating it lazily.
 
-    The cache is dropped in forked children: remote clients (s3fs/aiohttp) do not survive a fork.
+    The protocol's default options (:func:`set_default_storage_options`) are merged under the
+    explicit ones. The cache is dropped in forked children: remote clients (s3fs/aiohttp) do not
+    survive a fork; it is also dropped whenever the defaults change.
     """
     global _FS_CACHE_PID
     key = (protocol, _freeze(storage_options or {}))
@@ -145,8 +185,85 @@ def _get_fsspec(protocol: str, storage_options: dict | None) -> fsspec.AbstractF
             _FS_CACHE_PID = os.getpid()
         fs = _FS_CACHE.get(key)
         if fs is None:
-            fs = _FS_CACHE[key] = fsspec.filesystem(protocol, **(storage_options or {}))
+            options = {**_DEFAULT_OPTIONS.get(protocol, {}), **(storage_options or {})}
+            fs = _FS_CACHE[key] = fsspec.filesystem(protocol, **options)
     return fs
+
+
+def reset_filesystems() -> None:
+    """Forget every cached filesystem and network client of this process.
+
+    Clients keep the endpoint and credentials they were created with (s3fs reads ``AWS_*`` and
+    ``~/.aws`` once); after those change (rotated credentials), the next use reads them again.
+    """
+    with _FS_LOCK:
+        for cls in {type(fs) for fs in _FS_CACHE.values()}:
+            cls.clear_instance_cache()
+        _FS_CACHE.clear()
+
+
+# Per-protocol defaults: endpoint, region, credentials (s3fs options), multipart part size.
+
+S3_MIN_PART_SIZE = 5 * 2**20  #: S3's smallest allowed multipart part (all but the last)
+S3_DEFAULT_PART_SIZE = 16 * 2**20  #: products of two parts or more are uploaded in parts
+_DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {}
+_FSSPEC_CONF_BEFORE: dict[str, dict[str, Any] | None] = {}  # fsspec conf entries we replaced
+_S3_PART_SIZE = S3_DEFAULT_PART_SIZE
+
+
+def _aliases(protocol: str) -> tuple[str, ...]:
+    """All names of the filesystem serving ``protocol`` (``s3`` and ``s3a`` are one class)."""
+    try:
+        names = fsspec.get_filesystem_class(protocol).protocol
+    except (ValueError, ImportError):
+        return (protocol,)
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(dict.fromkeys((protocol, *names)))
+
+
+def set_default_storage_options(protocol: str, options: dict[str, Any] | None) -> None:
+    """Make ``options`` the defaults of every filesystem on ``protocol``; ``None`` removes them.
+
+    Explicit ``storage_options`` of a target win key by key. The defaults are also installed in
+    fsspec's own configuration so that code handing URLs to fsspec or pyarrow directly (the
+    HATS reference-catalogue reader) reaches the same endpoint with the same credentials.
+    """
+    conf = fsspec.config.conf
+    with _FS_LOCK:
+        for name in _aliases(protocol):
+            if name not in _FSSPEC_CONF_BEFORE:
+                before = conf.get(name)
+                _FSSPEC_CONF_BEFORE[name] = dict(before) if before is not None else None
+            before = _FSSPEC_CONF_BEFORE[name]
+            if options:
+                _DEFAULT_OPTIONS[name] = dict(options)
+                conf[name] = {**(before or {}), **options}
+            else:
+                _DEFAULT_OPTIONS.pop(name, None)
+                del _FSSPEC_CONF_BEFORE[name]
+                if before is None:
+                    conf.pop(name, None)
+                else:
+                    conf[name] = before
+        _FS_CACHE.clear()
+
+
+def set_s3_part_size(nbytes: int | None) -> None:
+    """Set the multipart part size of S3 commits (``None``: :data:`S3_DEFAULT_PART_SIZE`).
+
+    A product of at least two parts is uploaded as a multipart upload, which S3 publishes only
+    on completion; smaller ones go up in a single PUT.
+    """
+    global _S3_PART_SIZE
+    nbytes = S3_DEFAULT_PART_SIZE if nbytes is None else int(nbytes)
+    if nbytes < S3_MIN_PART_SIZE:
+        raise ValueError(f"S3 multipart part size must be at least 5 MiB, got {nbytes} bytes")
+    _S3_PART_SIZE = nbytes
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    names = type(fs).protocol
+    return "s3" in ((names,) if isinstance(names, str) else tuple(names))
 
 
 class FsspecFileSystem(luigi.target.FileSystem):
@@ -253,7 +370,7 @@ class _Staging:
         tmp_name = f".{_split_url(self.url)[1]}.tmp-{uuid.uuid4().hex}"
         if self.fs.is_local:
             # Same directory as the product: os.replace is then an atomic rename, also on
-            # FUSE mounts (iRODS) where cross-directory renames may copy.
+            # FUSE mounts (iRODS) where cross-directory renames may copy or fail.
             self.final = self.fs._path(self.url)
             parent = os.path.dirname(self.final)
             os.makedirs(parent, exist_ok=True)
@@ -267,9 +384,12 @@ class _Staging:
         if self.final is not None:
             os.replace(self.local_path, self.final)
         else:
-            # A single PUT (or a completed multipart upload) is atomic on object stores.
-            self.fs.fsspec.put_file(self.local_path, self.url)
-            self.fs.fsspec.invalidate_cache(self.fs._path(self.url))
+            # A single PUT, or the completion of a multipart upload, is the commit: S3 shows
+            # nothing under the key before (a killed writer leaves at most invisible parts).
+            fs = self.fs.fsspec
+            kwargs = {"chunksize": _S3_PART_SIZE} if _is_s3(fs) else {}
+            fs.put_file(self.local_path, self.url, **kwargs)
+            fs.invalidate_cache(self.fs._path(self.url))
 
     def discard(self) -> None:
         """Remove the temporary if it is still there."""
@@ -356,7 +476,20 @@ class FsspecTarget(luigi.target.FileSystemTarget):
         return self._fs
 
     def exists(self) -> bool:
-        """Whether the product exists under its final name (temporaries never count)."""
+        """Whether the product exists under its final name (temporaries never count).
+
+        On S3 a product is an object: one HEAD (s3fs's ``exists`` adds a LIST when the object
+        is missing, looking for a "directory" of that name).
+        """
+        fs = self.fs.fsspec
+        if _is_s3(fs):
+            bucket, key, _ = fs.split_path(self.path)
+            if key:
+                try:
+                    fs.call_s3("head_object", Bucket=bucket, Key=key)
+                except FileNotFoundError:
+                    return False
+                return True
         return self.fs.exists(self.path)
 
     def open(self, mode: str = "r") -> Any:
@@ -376,8 +509,10 @@ class FsspecTarget(luigi.target.FileSystemTarget):
 
         Local filesystems: a hidden ``.{name}.tmp-{uuid}`` file in the destination directory,
         renamed with ``os.replace``.  Other filesystems: a local temporary file uploaded with a
-        single ``put_file``.  On exception nothing is committed and the temporary is removed;
-        the hidden name does not keep the extension, so writers must not infer formats from it.
+        single ``put_file`` (on S3 one PUT, or one multipart upload for products of two parts or
+        more, see :func:`set_s3_part_size`).  On exception nothing is committed and the
+        temporary is removed; the hidden name does not keep the extension, so writers must not
+        infer formats from it.
         """
         staging = _Staging(self)
         try:
@@ -405,18 +540,45 @@ def _as_target(target_or_url: FsspecTarget | str | os.PathLike) -> FsspecTarget:
 # --------------------------------------------------------------------------------------------
 
 
+def _list_directory(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
+    """Paths of a directory's entries: one LIST per 1,000 entries on S3, also when empty.
+
+    (s3fs's ``ls`` lists the parent too when a prefix is empty, to tell it from a file.)
+    """
+    if _is_s3(fs):
+        entries = fsspec.asyn.sync(fs.loop, fs._lsdir, directory, refresh=True)
+        return [e["name"] for e in entries]
+    return fs.ls(directory, detail=False)
+
+
 class ListingCache:
     """Answer many ``exists`` questions with one directory listing per parent directory.
 
     Listings are kept for ``ttl`` seconds (``None``: for the life of the object); hidden
     temporaries never count as existing.  Not meant to be shared between threads.
+
+    On mounts whose directory listings lag behind writes (iRODS FUSE, NFS attribute caches),
+    ``confirm_missing`` checks each name missing from a listing once with a direct stat/HEAD
+    (a complete night costs nothing extra). ``None`` takes the process default
+    (:func:`set_confirm_missing`, ``[ztfluigi] listing_confirm_missing``).
     """
 
-    def __init__(self, ttl: float | None = None, storage_options: dict | None = None) -> None:
+    confirm_missing_default = False
+
+    def __init__(
+        self,
+        ttl: float | None = None,
+        storage_options: dict | None = None,
+        confirm_missing: bool | None = None,
+    ) -> None:
         self.ttl = ttl
         self.storage_options = dict(storage_options or {})
+        self.confirm_missing = (
+            ListingCache.confirm_missing_default if confirm_missing is None else confirm_missing
+        )
         self.n_listings = 0
-        self._listings: dict[tuple[str, str], tuple[float, set[str]]] = {}
+        self.n_confirmations = 0
+        self._listings: dict[tuple[str, str], tuple[float, set[str], set[str]]] = {}
 
     def _locate(self, url: str) -> tuple[tuple[str, str], str]:
         """Return the cache key of the parent directory of ``url`` and its base name."""
@@ -428,27 +590,43 @@ class ListingCache:
         fs = _get_fsspec(protocol, self.storage_options)
         return protocol, fs._strip_protocol(directory).rstrip("/") or "/"
 
-    def _names(self, key: tuple[str, str]) -> set[str]:
+    def _entry(self, key: tuple[str, str]) -> tuple[float, set[str], set[str]]:
+        """(time, listed names, names confirmed missing) of a directory, listing it if needed."""
         entry = self._listings.get(key)
         if entry is not None and (self.ttl is None or time.monotonic() - entry[0] <= self.ttl):
-            return entry[1]
+            return entry
         protocol, directory = key
         fs = _get_fsspec(protocol, self.storage_options)
         fs.invalidate_cache(directory)
         try:
-            listing = fs.ls(directory, detail=False)
+            listing = _list_directory(fs, directory)
         except (FileNotFoundError, NotADirectoryError):
             listing = []
         self.n_listings += 1
         names = {p.rstrip("/").rpartition("/")[2] for p in listing}
         names = {n for n in names if n and not _TMP_RE.match(n)}
-        self._listings[key] = (time.monotonic(), names)
-        return names
+        entry = self._listings[key] = (time.monotonic(), names, set())
+        return entry
 
     def exists(self, url: str) -> bool:
         """Whether ``url`` exists, listing its parent directory only if not cached."""
         key, name = self._locate(url)
-        return name in self._names(key)
+        _, names, missing = self._entry(key)
+        if name in names:
+            return True
+        if not self.confirm_missing or name in missing or _TMP_RE.match(name):
+            return False
+        # The listing may lag behind a just-committed file: ask for the file itself, once.
+        protocol, directory = key
+        fs = _get_fsspec(protocol, self.storage_options)
+        path = url_join(directory, name)
+        fs.invalidate_cache(path)
+        self.n_confirmations += 1
+        if fs.exists(path):
+            names.add(name)
+            return True
+        missing.add(name)
+        return False
 
     def exists_many(self, urls: Iterable[str]) -> list[bool]:
         """Return ``exists(url)`` for each URL, with at most one listing per directory."""
@@ -469,11 +647,41 @@ class ListingCache:
         entry = self._listings.get(key)
         if entry is not None and not _TMP_RE.match(name):
             entry[1].add(name)
+            entry[2].discard(name)
+
+
+def set_confirm_missing(enabled: bool) -> None:
+    """Process default of :class:`ListingCache` ``confirm_missing`` (for lagging mounts)."""
+    ListingCache.confirm_missing_default = bool(enabled)
 
 
 def bulk_exists(urls: Iterable[str]) -> list[bool]:
     """Return whether each URL exists, with one listing per parent directory."""
     return ListingCache().exists_many(urls)
+
+
+def abort_incomplete_uploads(url: str, older_than: float = 86400.0) -> int:
+    """Abort S3 multipart uploads under ``url`` started over ``older_than`` seconds ago.
+
+    A writer killed mid-upload leaves parts that are never visible as an object but are billed
+    until aborted (or expired by a bucket lifecycle rule). Returns how many were aborted.
+    """
+    fs = FsspecFileSystem(url).fsspec
+    if not _is_s3(fs):
+        raise ValueError(f"multipart uploads exist only on S3, not at {url}")
+    bucket, prefix, _ = fs.split_path(url)
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+    aborted, markers = 0, {}
+    while True:
+        page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+        for upload in page.get("Uploads", []):
+            if upload["Initiated"] <= cutoff:
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
+                           UploadId=upload["UploadId"])  # fmt: skip
+                aborted += 1
+        if not page.get("IsTruncated"):
+            return aborted
+        markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -494,6 +702,8 @@ def read_bytes(target_or_url: FsspecTarget | str) -> bytes:
         return target.fs.fsspec.cat_file(target.path)
     except (FileNotFoundError, IsADirectoryError) as exc:
         raise ProductError(f"missing product: {target.path}", target.path) from exc
+    except PermissionError as exc:
+        raise ProductError(f"access denied to product {target.path}", target.path) from exc
 
 
 def write_fits(target: FsspecTarget, hdul: fits.HDUList, **writeto_kwargs: Any) -> None:
@@ -550,5 +760,7 @@ def read_parquet(target_or_url: FsspecTarget | str, columns: list[str] | None = 
             return pq.read_table(f, columns=columns)
     except (FileNotFoundError, IsADirectoryError) as exc:
         raise ProductError(f"missing product: {target.path}", target.path) from exc
+    except PermissionError as exc:
+        raise ProductError(f"access denied to product {target.path}", target.path) from exc
     except pa.ArrowException as exc:
         raise ProductError(f"unreadable parquet product {target.path}: {exc}", target.path) from exc

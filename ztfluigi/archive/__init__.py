@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 from astropy.io import fits
 
 from ztfluigi.naming import RawName
+
+if TYPE_CHECKING:
+    from ztfluigi.sim.schedule import SimConfig
 
 #: IRSA ``ztf.ztf_current_meta_raw`` columns (ztf_formats.md §3.2), then ztfluigi's additions.
 RAW_METADATA_COLUMNS = (
@@ -57,20 +61,17 @@ class Archive(abc.ABC):
         """The IPAC ``mskimg`` header and int16 bit mask of a science quadrant."""
 
 
-def get_archive(spec: str, seed: int = 0, scale: int = 8, n_fields: int = 3,
-                calib_gaps: bool = False) -> Archive:  # fmt: skip
+def get_archive(spec: str, sim: SimConfig | None = None) -> Archive:
     """The archive named by the ``[ztfluigi] archive`` setting.
 
-    ``sim``: the synthetic instrument (the other arguments are its ``[sim]`` settings); ``irsa``:
+    ``sim``: the synthetic instrument with the ``[sim]`` settings ``sim``; ``irsa``:
     IRSA itself; ``http(s)://host:port``: an IRSA-compatible server (``ztfluigi archive serve``).
     """
     if spec == "sim":
         from ztfluigi.archive.sim import SimArchive
         from ztfluigi.sim.schedule import SimConfig
 
-        return SimArchive(
-            SimConfig(seed=seed, scale=scale, n_fields=n_fields, calib_gaps=calib_gaps)
-        )
+        return SimArchive(sim or SimConfig())
     if spec == "irsa" or spec.startswith(("http://", "https://")):
         from ztfluigi.archive.irsa import IRSA_URL, IrsaArchive
 

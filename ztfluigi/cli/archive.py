@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -12,10 +13,10 @@ def _serve(args: argparse.Namespace) -> int:
     from ztfluigi import config
     from ztfluigi.archive.server import Faults, IrsaServer
     from ztfluigi.archive.sim import SimArchive
-    from ztfluigi.sim.schedule import SimConfig
 
-    s = config.sim()
-    sim = SimConfig(
+    s = config.sim().sim_config()
+    sim = dataclasses.replace(
+        s,
         seed=s.seed if args.seed is None else args.seed,
         scale=s.scale if args.scale is None else args.scale,
         n_fields=s.n_fields if args.n_fields is None else args.n_fields,
