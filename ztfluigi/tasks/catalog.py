@@ -30,16 +30,14 @@ from ztfluigi.tasks.parameters import (
     CcdParameter,
     FilterParameter,
     NightParameter,
-    QidParameter,
-    RawFilenameParameter,
 )
 from ztfluigi.tasks.raw import RawFiles, RawIndex, night_index, raw_target, select_raw
 from ztfluigi.tasks.science import (
     Calibration,
+    QuadrantParameters,
     ScienceQuadrant,
     calibration_tasks,
     science_quadrant,
-    science_rawname,
     store_science_quadrant,
 )
 from ztfluigi.tasks.sim import SimRefCatalog
@@ -219,15 +217,8 @@ class ApertureCatalog(luigi.Task):
         return reqs
 
 
-class QuadrantCatalog(progress.OneLineFailures, luigi.Task):
+class QuadrantCatalog(QuadrantParameters, progress.OneLineFailures, luigi.Task):
     """The aperture catalogue of one science quadrant, addressable on its own."""
-
-    filename = RawFilenameParameter()
-    qid = QidParameter()
-
-    @property
-    def rawname(self) -> RawName:
-        return science_rawname(self.filename)
 
     def requires(self) -> list[luigi.Task]:
         reqs = [ScienceQuadrant(filename=self.filename, qid=self.qid)]

@@ -216,15 +216,19 @@ class ScienceQuadrantTarget(luigi.Target):
         return science_quadrant(ccd, self.rawname, self.qid, calibration)
 
 
-class ScienceQuadrant(progress.OneLineFailures, luigi.Task):
-    """One virtual science quadrant: run() builds its inputs, ``output().load()`` the image."""
+class QuadrantParameters:
+    """The address of one science quadrant: raw file name and quadrant id (a task mixin)."""
 
-    filename = RawFilenameParameter()
-    qid = QidParameter()
+    filename = RawFilenameParameter(description="raw science file, e.g. ztf_…_c05_o.fits.fz")
+    qid = QidParameter(description="quadrant 1-4")
 
     @property
     def rawname(self) -> RawName:
         return science_rawname(self.filename)
+
+
+class ScienceQuadrant(QuadrantParameters, progress.OneLineFailures, luigi.Task):
+    """One virtual science quadrant: run() builds its inputs, ``output().load()`` the image."""
 
     def requires(self) -> list[luigi.Task]:
         return [RawIndex(date=self.rawname.date), RawFile(filename=self.filename)]
