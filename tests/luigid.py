@@ -219,6 +219,12 @@ def night_settings(store: Path) -> dict[str, dict[str, str]]:
     }
 
 
+def scheduler_tasks(central: Luigid) -> dict[str, dict]:
+    """Every task the (per-test) scheduler holds, with its state: the night's tasks, including
+    dynamic dependencies that a re-registered unit no longer lists in its graph."""
+    return central.api("task_list", status="")
+
+
 def night_tasks(central: Luigid, settings: dict[str, dict[str, str]]) -> dict[str, dict]:
     """The scheduler's tasks of the narrowed night (its entry task's dependency graph)."""
     from ztfluigi.tasks import ApertureCatalog

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DEMO_DATE, luigi_settings
-from tests.luigid import NIGHT, Luigid, night_settings, night_tasks, running_luigid
+from tests.luigid import NIGHT, Luigid, night_settings, night_tasks, running_luigid, scheduler_tasks
 from tests.test_calib_products import night_without_calibration
 from ztfluigi.cli.slurm import worker_loop
 
@@ -102,7 +102,7 @@ def test_two_workers_run_every_task_exactly_once(night_on_luigid):
     logs = {name: (tmp / f"{name}.log") for name in codes}
     assert codes == {"worker-1": 0, "worker-2": 0}, {n: p.read_text()[-3000:] for n, p in
                                                        logs.items()}  # fmt: skip
-    done = night_tasks(central, settings)
+    done = scheduler_tasks(central)
     assert {t["status"] for t in done.values()} == {"DONE"}
     # Who ran what, from each worker's own log and from the scheduler.
     events = [e for log in logs.values() for e in log_events(log)]

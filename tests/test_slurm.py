@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DEMO_DATE, luigi_settings
-from tests.luigid import NIGHT, night_settings, night_tasks, running_luigid, venv_binary
+from tests.luigid import (
+    NIGHT,
+    night_settings,
+    running_luigid,
+    scheduler_tasks,
+    venv_binary,
+)
 from tests.slurmlocal import local_slurm
 from ztfluigi import cli
 from ztfluigi.cli.slurm import WorkerArray, build_script, luigi_argv
@@ -189,7 +195,7 @@ def test_job_array_of_luigi_workers_builds_the_night(tmp_path):
         for text in element_logs.values():
             assert text.rstrip().endswith("luigi exited 0")
         # The scheduler: every task of the night done, by the two array elements only.
-        tasks = night_tasks(central, settings)
+        tasks = scheduler_tasks(central)
         assert {t["status"] for t in tasks.values()} == {"DONE"}
         ran_by = collections.Counter(t["worker_running"] for t in tasks.values())
         host = socket.gethostname()
