@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ import luigi.configuration
 import pyarrow as pa
 
 from ztfluigi import storage
+from ztfluigi.cli.status import status_table
 from ztfluigi.tasks import ApertureCatalog, RawIndex, calib, catalog, raw, science
 
 DATE = dt.date(2019, 3, 31)
@@ -81,12 +84,22 @@ def main() -> None:
     t0 = time.perf_counter()
     luigi.build([entry], local_scheduler=True, workers=1, log_level="WARNING")
     t_noop = time.perf_counter() - t0
+    # ztfluigi status of the complete night: bulk existence of every stored output
+    text = io.StringIO()
+    t0 = time.perf_counter()
+    missing = status_table(["ApertureCatalog", "--date", DATE.isoformat()], out=text)
+    t_status = time.perf_counter() - t0
+    print(text.getvalue())
+    listings = int(re.search(r"\((\d+) directory listings\)", text.getvalue()).group(1))
+    outputs = int(re.search(r"checked (\d+) outputs", text.getvalue()).group(1))
     record = {
         "fields": args.fields, "science_quadrants": n_quadrants, "scheduler_tasks": n_tasks,
         "rawindex_s": round(t_index, 2), "schedule_and_run_s": round(t_build, 1),
         "overhead_ms_per_quadrant": round(1000 * t_build / n_quadrants, 2),
         "complete_check_s": round(t_check, 2), "noop_rerun_s": round(t_noop, 2),
         "status": result.status.name,
+        "ztfluigi_status_s": round(t_status, 2), "status_outputs": outputs,
+        "status_listings": listings, "status_missing": missing,
     }  # fmt: skip
     print(json.dumps(record, indent=1))
     out = Path("bench/results")

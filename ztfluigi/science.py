@@ -328,7 +328,7 @@ def science_provenance(
     out["RAWFILE"] = (raw_file, "raw CCD file")
     out["BIASFILE"] = (bias_file, "master bias used")
     out["FLATFILE"] = (flat_file, "master flat used")
-    out["FPFILE"] = (fp_file, "focal-plane level product used")
+    out["FPFILE"] = (fp_file, "focal-plane level")
     out["FLTNORM"] = (float(fltnorm), "flat level of this CCD (DN)")
     out["FLTNORM_FP"] = (float(fltnorm_fp), "focal-plane flat level (DN)")
     out["SCIFORM"] = ("(R-B)/Fn*FLTNORM_FP/FLTNORM", "science pixel formula")
