@@ -22,7 +22,7 @@ logger = logging.getLogger("luigi-interface")
 
 def cal_target(relpath: str) -> storage.FsspecTarget:
     """A calibration product under ``cal_root``."""
-    return storage.get_target(config.ztfluigi().cal_url(relpath))
+    return storage.get_target(config.settings().cal_url(relpath))
 
 
 def corrected_frames(task: luigi.Task, rawnames: list[naming.RawName], spec: CorrectionSpec):  # noqa: ANN201

@@ -49,7 +49,7 @@ REFCAT_MARGIN_ARCSEC = 30.0  #: catalogue margin around a quadrant (isolation se
 def catalog_target(rawname: RawName, qid: int) -> storage.FsspecTarget:
     """``sci/YYYY/MMDD/ffffff/ztfin2p3_…_o_qQ_apcat.parquet`` under ``catalog_root``."""
     rel = naming.science_quadrant_relpath(rawname, qid, "apcat.parquet", prefix="ztfin2p3")
-    return storage.get_target(config.ztfluigi().catalog_url(rel))
+    return storage.get_target(config.settings().catalog_url(rel))
 
 
 def refcat_url(date: dt.date) -> str:

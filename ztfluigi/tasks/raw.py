@@ -32,7 +32,7 @@ class RawIndex(progress.OneLineFailures, luigi.Task):
     date = NightParameter(description="UT date of the night (YYYY-MM-DD)")
 
     def output(self) -> storage.FsspecTarget:
-        return storage.get_target(config.ztfluigi().raw_url(naming.rawindex_relpath(self.date)))
+        return storage.get_target(config.settings().raw_url(naming.rawindex_relpath(self.date)))
 
     def run(self) -> None:
         archive = config.get_archive()
@@ -65,7 +65,7 @@ def select_raw(index: pa.Table, ccdid: int, imgtype: str, filtercode: str = "") 
 
 def raw_target(rawname: RawName) -> storage.FsspecTarget:
     """Where a raw file lives in the raw store (the IRSA tree)."""
-    return storage.get_target(config.ztfluigi().raw_url(rawname.relpath))
+    return storage.get_target(config.settings().raw_url(rawname.relpath))
 
 
 def fetch_raw(rawname: RawName, target: storage.FsspecTarget) -> None:

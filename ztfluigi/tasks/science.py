@@ -151,7 +151,7 @@ def science_quadrant(
 def science_cache_targets(rawname: RawName, qid: int) -> dict[str, storage.FsspecTarget]:
     """Where a stored science quadrant lives: ztfin2p3 ``…_sciimg.fits`` and ``…_mskimg.fits``."""
     return {
-        kind: storage.get_target(config.ztfluigi().catalog_url(
+        kind: storage.get_target(config.settings().catalog_url(
             naming.science_quadrant_relpath(rawname, qid, f"{kind}.fits", prefix="ztfin2p3")))
         for kind in ("sciimg", "mskimg")
     }  # fmt: skip

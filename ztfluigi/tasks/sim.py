@@ -35,7 +35,7 @@ class SimRefCatalog(progress.OneLineFailures, luigi.Task):
 
     def catalog_url(self) -> str:
         seed = config.sim().seed
-        return config.ztfluigi().cal_url(
+        return config.settings().cal_url(
             f"refcat/{gaia.CATALOG_NAME}_seed{seed}/{self.date:%Y%m%d}"
         )
 
