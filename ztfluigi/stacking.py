@@ -573,6 +573,19 @@ def _numpy_block(
 # --------------------------------------------------------------------------------------------
 
 
+def _sort_columns(values: np.ndarray, ci: np.ndarray, cj: np.ndarray, w: int) -> None:
+    """Sort columns ``0 … w`` of ``values`` (N, chunk) in place with the compare-exchange
+    network ``(ci[c], cj[c])`` (vectorised across the chunk's pixels)."""
+    for c in range(ci.shape[0]):
+        i = ci[c]
+        j = cj[c]
+        for x in range(w):
+            p = values[i, x]
+            q = values[j, x]
+            values[i, x] = min(p, q)
+            values[j, x] = max(p, q)
+
+
 def _numba_rows(
     stack: np.ndarray,
     r0: int,
@@ -595,7 +608,6 @@ def _numba_rows(
     """
     nfr = stack.shape[0]
     nx = out.shape[1]
-    ncomp = ci.shape[0]
     inf32 = np.float32(np.inf)
     for row in range(nrows):
         y = r0 + row
@@ -623,14 +635,7 @@ def _numba_rows(
                     ok = math.isfinite(v)
                     s[k, x] = v if ok else inf32
                     cnt[x] += ok
-            for c in range(ncomp):
-                i = ci[c]
-                j = cj[c]
-                for x in range(w):
-                    p = s[i, x]
-                    q = s[j, x]
-                    s[i, x] = min(p, q)
-                    s[j, x] = max(p, q)
+            _sort_columns(s, ci, cj, w)
             for x in range(w):
                 n = cnt[x]
                 if n > 0:
@@ -643,14 +648,7 @@ def _numba_rows(
                     for x in range(w):
                         d = abs(np.float64(s[k, x]) - cen[x])
                         dev[k, x] = d if k < cnt[x] else np.inf
-                for c in range(ncomp):
-                    i = ci[c]
-                    j = cj[c]
-                    for x in range(w):
-                        p2 = dev[i, x]
-                        q2 = dev[j, x]
-                        dev[i, x] = min(p2, q2)
-                        dev[j, x] = max(p2, q2)
+                _sort_columns(dev, ci, cj, w)
                 for x in range(w):
                     n = max(cnt[x], 1)
                     mad = 0.5 * (dev[(n - 1) // 2, x] + dev[n // 2, x])
@@ -725,7 +723,8 @@ def _numba_namespace() -> dict | None:
         return None
     # "__name__" makes numba treat the namespace as this module's (required by its disk cache).
     ns: dict = {"__name__": __name__, "np": np, "math": math}
-    for func in (_kth_smallest, _wirth_median, _astropy_bounds, _median_f32, _exact_pixel):
+    for func in (_kth_smallest, _wirth_median, _astropy_bounds, _median_f32, _exact_pixel,
+                 _sort_columns):  # fmt: skip
         ns[func.__name__] = _jit(numba, types.FunctionType(func.__code__, ns, func.__name__))
     ns["_numba_rows"] = _jit(numba, types.FunctionType(_numba_rows.__code__, ns, "_numba_rows"))
     return ns
