@@ -24,8 +24,8 @@ filter by both pipelines: reported on their own row, not in the per-quadrant tot
 reference also stores each science quadrant as FITS (ztfin2p3 0.4.1): reported apart.
 
 The reference runs in its own virtualenv (``$ZTFIN2P3_PYTHON``, or built once in
-``$XDG_CACHE_HOME/ztfluigi/ref-ztfin2p3-0.4.1`` with the builder and pin set of
-``tests/test_reference_ztfimg.py`` plus ``ztfin2p3==0.4.1``), through
+``$XDG_CACHE_HOME/ztfluigi/ref-ztfin2p3-0.4.1`` by ``tests/reference_env.py`` with the pin set of
+the differential test plus ``ztfin2p3==0.4.1``), through
 ``bench/reference_quadrant.py``, after our passes, sequentially, ``OMP_NUM_THREADS=1`` on both
 sides. Then the outputs are compared (untimed): our science pixels and catalogue computed with the
 reference's settings (NL first, table ``ccd_amp_coeff_v2``, sep mesh 192×192, isolation among
@@ -39,8 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import fcntl
-import importlib.util
 import json
 import os
 import shutil
@@ -61,6 +59,8 @@ import pyarrow.parquet as pq  # noqa: E402
 from astropy.io import fits  # noqa: E402
 from astropy.wcs import WCS  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the reference venv builder
+from tests import reference_env  # noqa: E402
 from ztfluigi import camera, naming, photometry, raw, refcat, science, storage  # noqa: E402
 from ztfluigi.archive.sim import SimArchive  # noqa: E402
 from ztfluigi.corrections import CorrectionSpec  # noqa: E402
@@ -74,8 +74,6 @@ FP_OVER_CCD = 1.03  #: FLTNORM_FP / FLTNORM written in the master flat (a 3 % CC
 RESULTS = Path("bench/results")
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_SCRIPT = Path(__file__).with_name("reference_quadrant.py")
-REFERENCE_TEST = REPO / "tests" / "test_reference_ztfimg.py"
-ZTFIN2P3_VERSION = "0.4.1"
 REFERENCE_TIMEOUT = 1800  #: s
 #: The reference's settings, for the agreement check: ztfimg ≤ 0.19 corrects NL first with its
 #: single table; ztfimg 0.19.0's sep mesh is 192×192 (HEAD: 192×220, ours); isolation among the
@@ -87,93 +85,27 @@ SNR_MIN = 10.0  #: apertures compared in relative flux: reference flux / error a
 FLOAT32_BUDGET = 4  #: float32 spacings allowed between the two float32 pixel chains
 
 
-# --- the reference interpreter (builder of tests/test_reference_ztfimg.py) --------------------
-
-
-def _reference_test_module():
-    """``tests/test_reference_ztfimg.py`` loaded by path: its venv builder and ztfimg pin set."""
-    spec = importlib.util.spec_from_file_location("_bench_reference_ztfimg", REFERENCE_TEST)
-    if spec.name in sys.modules:
-        return sys.modules[spec.name]
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def _imported_versions(ref, python: str, scratch: Path) -> str:
-    """``"<ztfimg> <ztfin2p3>"`` as imported by ``python``, or why they do not import."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    code = "import ztfimg, ztfin2p3; print(ztfimg.__version__, ztfin2p3.__version__)"
-    try:
-        proc = subprocess.run(
-            [python, "-c", code], capture_output=True, text=True, timeout=300, cwd=scratch,
-            env=ref._clean_env(ZTFDATA=str(scratch)),
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"not runnable ({exc})"
-    if proc.returncode:
-        return "import failed: " + proc.stderr.strip()[-2000:]
-    return proc.stdout.strip().splitlines()[-1]
-
-
-def _pip_install(ref, python: Path, pins: tuple[str, ...], log: Path) -> None:
-    cmd = [str(python), "-m", "pip", "install", "--no-input", "--disable-pip-version-check", *pins]
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(cmd)}\n")
-        out.flush()
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=ref.PIP_TIMEOUT, env=ref._clean_env())  # fmt: skip
-    if proc.returncode:
-        raise RuntimeError(f"exit status {proc.returncode}: {' '.join(cmd)}")
+# --- the reference interpreter (tests/reference_env.py) ----------------------------------------
 
 
 def reference_python(scratch: Path) -> tuple[str, str, str]:
-    """(interpreter, origin, versions) importing ztfimg 0.19.0 and ztfin2p3 0.4.1.
-
-    ``$ZTFIN2P3_PYTHON``, else a cached virtualenv built (under an exclusive ``flock``, marked
-    complete only at the end) by the differential test's ``_build_reference_env`` — venv +
-    ztfimg's pin set — followed by ``pip install`` of the same pins + ``ztfin2p3==0.4.1``.
-    """
-    ref = _reference_test_module()
-    expected = f"{ref.ZTFIMG_VERSION} {ZTFIN2P3_VERSION}"
+    """(interpreter, origin, versions) importing ztfimg 0.19.0 and ztfin2p3 0.4.1:
+    ``$ZTFIN2P3_PYTHON``, else a cached virtualenv of ztfimg's pin set + ``ztfin2p3==0.4.1``."""
+    modules = ("ztfimg", "ztfin2p3")
+    expected = f"{reference_env.ZTFIMG_VERSION} {reference_env.ZTFIN2P3_VERSION}"
     given = os.environ.get("ZTFIN2P3_PYTHON")
     if given:
-        found = _imported_versions(ref, given, scratch)
+        found = reference_env.imported_versions(given, scratch, modules)
         if found != expected:
             sys.exit(f"$ZTFIN2P3_PYTHON={given} must import ztfimg/ztfin2p3 {expected}: {found}")
         return given, "$ZTFIN2P3_PYTHON", found
-    pins = (*ref.PINS, f"ztfin2p3=={ZTFIN2P3_VERSION}")
-    cache = ref._cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    name = f"ref-ztfin2p3-{ZTFIN2P3_VERSION}"
-    env_dir, log = cache / name, cache / f"{name}.log"
-    marker, python = env_dir / "ztfluigi-complete.json", env_dir / "bin" / "python"
-    with (cache / f"{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            complete = json.loads(marker.read_text()).get("pins") == list(pins)
-        except (OSError, ValueError):
-            complete = False
-        if complete and _imported_versions(ref, str(python), scratch) == expected:
-            return str(python), "cache", expected
-        print(f"building the reference environment {env_dir} (log {log}) ...", flush=True)
-        start = time.monotonic()
-        try:
-            ref._build_reference_env(env_dir, log)
-            _pip_install(ref, python, pins, log)
-        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-            tail = log.read_text()[-3000:] if log.exists() else ""
-            sys.exit(f"cannot build the reference environment {env_dir} ({exc}):\n{tail}")
-        found = _imported_versions(ref, str(python), scratch)
-        if found != expected:
-            sys.exit(f"{env_dir} was built but does not import ztfimg/ztfin2p3 {expected}: {found}")
-        seconds = time.monotonic() - start
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pins": list(pins), "build_seconds": round(seconds, 1)}))
-        os.replace(tmp, marker)
-    print(f"built the reference environment in {seconds:.0f} s")
-    return str(python), "built", found
+    pins = (*reference_env.PINS, f"ztfin2p3=={reference_env.ZTFIN2P3_VERSION}")
+    name = f"ref-ztfin2p3-{reference_env.ZTFIN2P3_VERSION}"
+    try:
+        python, seconds = reference_env.cached_env(name, pins, modules, expected, scratch)
+    except reference_env.ReferenceEnvError as exc:
+        sys.exit(str(exc))
+    return python, "cache" if seconds is None else "built", expected
 
 
 # --- inputs shared by both sides -------------------------------------------------------------
@@ -324,7 +256,6 @@ def ours_once(inp: Inputs, masters: Masters, catalogue: refcat.RefCatalog, out_u
 
 def run_reference(python: str, inp: Inputs, scratch: Path, repeat: int) -> dict:
     """``reference_quadrant.py`` in the reference interpreter, 1 thread; its result JSON."""
-    ref = _reference_test_module()
     config = {
         "raw": str(inp.raw_path.resolve()), "bias": str(inp.bias_path),
         "flat": str(inp.flat_path), "qid": QID, "stars": str(inp.stars_path),
@@ -334,7 +265,7 @@ def run_reference(python: str, inp: Inputs, scratch: Path, repeat: int) -> dict:
     config_path = scratch / "reference_config.json"
     config_path.write_text(json.dumps(config, indent=1))
     threads = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    env = ref._clean_env(ZTFDATA=str(inp.ztfdata) + os.sep, **threads)
+    env = reference_env.clean_env(ZTFDATA=str(inp.ztfdata) + os.sep, **threads)
     try:
         proc = subprocess.run(
             [python, str(REFERENCE_SCRIPT), str(config_path)], cwd=scratch, env=env,

@@ -2,8 +2,8 @@
 
 ztfimg runs in its own virtualenv (it needs numpy < 2; pin set of ``reference_pipeline.md``
 §10.1) through ``tests/reference/ztfimg_correct.py``; the interpreter is ``$ZTFIMG_PYTHON`` or an
-environment this module builds once in ``$XDG_CACHE_HOME/ztfluigi/ref-ztfimg-0.19.0`` (no skip:
-a reference that cannot be built fails the test).
+environment ``tests/reference_env.py`` builds once in ``$XDG_CACHE_HOME/ztfluigi/ref-ztfimg-0.19.0``
+(no skip: a reference that cannot be built fails the test).
 
 Inputs: real-size synthetic raw files (``SimArchive(scale=1)``; ztfimg hard-codes the quadrant
 shapes) of a dome flat (≈31 000 DN, where NL matters) and of a science exposure, 2019-04-04.
@@ -31,12 +31,9 @@ model, ≤ 7.2e-5 DN); as shipped, max |Δ| = 7.8e-3 DN = 2–3 float32 spacings
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,20 +41,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.reference_env import (
+    PINS,
+    ZTFIMG_VERSION,
+    ReferenceEnvError,
+    cached_env,
+    clean_env,
+    imported_versions,
+)
 from ztfluigi import camera, corrections, nonlinearity, raw
 from ztfluigi.archive.sim import SimArchive
 from ztfluigi.corrections import CorrectionSpec
 from ztfluigi.sim.schedule import SimConfig
 
-ZTFIMG_VERSION = "0.19.0"
-#: reference_pipeline.md §10.1: the pin set under which ztfimg 0.19.0 imports (pyarrow explicit:
-#: dask.dataframe needs it and no package declares it).
-PINS = (
-    f"ztfimg=={ZTFIMG_VERSION}", "numpy<2", "pandas<2.3", "astropy<6.2", "dask<2025", "scipy<1.14",
-    "matplotlib<3.10", "healpy<1.18", "pyarrow<18", "sep<1.3",
-)  # fmt: skip
 REFERENCE_SCRIPT = Path(__file__).parent / "reference" / "ztfimg_correct.py"
-PIP_TIMEOUT = 1800  #: s, for each of `venv` and `pip install` (the build took 34–110 s here)
 
 TOLERANCE = 1e-3  #: DN
 FLOAT32_BUDGET = 4  #: float32 spacings allowed for rounding in the as-shipped comparison
@@ -72,56 +69,6 @@ pytestmark = pytest.mark.slow  # real-size raw files, a second interpreter: ≈ 
 # --- the reference interpreter ---------------------------------------------------------------
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    """Our environment without what would leak this project's Python into the reference one."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(PYTHONNOUSERSITE="1", **extra)
-    return env
-
-
-def _ztfimg_version(python: str, scratch: Path) -> str:
-    """ztfimg's version as imported by ``python``, or why it does not import."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    try:
-        proc = subprocess.run(
-            [python, "-c", "import ztfimg; print(ztfimg.__version__)"],
-            capture_output=True, text=True, timeout=300, cwd=scratch,
-            env=_clean_env(ZTFDATA=str(scratch)),
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"not runnable ({exc})"
-    if proc.returncode:
-        return "import failed: " + proc.stderr.strip()[-2000:]
-    return proc.stdout.strip().splitlines()[-1]
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ztfluigi"
-
-
-def _build_reference_env(env_dir: Path, log: Path) -> None:
-    """``python -m venv`` + ``pip install`` the pin set into ``env_dir`` (output to ``log``)."""
-    if env_dir.exists():
-        shutil.rmtree(env_dir)
-    with log.open("w") as out:
-        for cmd in (
-            [sys.executable, "-m", "venv", str(env_dir)],
-            [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--no-input",
-             "--disable-pip-version-check", *PINS],
-        ):  # fmt: skip
-            out.write(f"$ {' '.join(cmd)}\n")
-            out.flush()
-            try:
-                proc = subprocess.run(
-                    cmd, stdout=out, stderr=subprocess.STDOUT, timeout=PIP_TIMEOUT, env=_clean_env()
-                )
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"timed out after {PIP_TIMEOUT} s: {' '.join(cmd)}") from None
-            if proc.returncode:
-                raise RuntimeError(f"exit status {proc.returncode}: {' '.join(cmd)}")
-
-
 @dataclass
 class ReferenceEnv:
     python: str
@@ -131,59 +78,25 @@ class ReferenceEnv:
 
 @pytest.fixture(scope="session")
 def ztfimg_python(tmp_path_factory) -> ReferenceEnv:
-    """An interpreter that imports ztfimg 0.19.0: ``$ZTFIMG_PYTHON``, else a cached virtualenv.
-
-    The cache is built under an exclusive ``flock`` (concurrent test processes wait for one
-    build) and marked complete only at the end, so an interrupted build is redone, not reused.
-    """
+    """An interpreter that imports ztfimg 0.19.0: ``$ZTFIMG_PYTHON``, else a cached virtualenv
+    (:mod:`tests.reference_env`: built once under a lock, marked complete only at the end)."""
     scratch = tmp_path_factory.mktemp("ztfdata-check")
     given = os.environ.get("ZTFIMG_PYTHON")
     if given:
-        version = _ztfimg_version(given, scratch)
+        version = imported_versions(given, scratch, ("ztfimg",))
         if version != ZTFIMG_VERSION:
             pytest.fail(
                 f"$ZTFIMG_PYTHON={given} must import ztfimg {ZTFIMG_VERSION}: {version}",
                 pytrace=False,
             )
         return ReferenceEnv(given, "$ZTFIMG_PYTHON")
-
-    cache = _cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    env_dir = cache / f"ref-ztfimg-{ZTFIMG_VERSION}"
-    marker = env_dir / "ztfluigi-complete.json"
-    python = str(env_dir / "bin" / "python")
-    log = cache / f"ref-ztfimg-{ZTFIMG_VERSION}.log"
-    with (cache / f"ref-ztfimg-{ZTFIMG_VERSION}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            complete = json.loads(marker.read_text()).get("pins") == list(PINS)
-        except (OSError, ValueError):
-            complete = False
-        if complete and _ztfimg_version(python, scratch) == ZTFIMG_VERSION:
-            return ReferenceEnv(python, "cache")
-        start = time.monotonic()
-        try:
-            _build_reference_env(env_dir, log)
-        except (OSError, RuntimeError) as exc:
-            tail = log.read_text()[-3000:] if log.exists() else ""
-            pytest.fail(
-                f"cannot build the ztfimg {ZTFIMG_VERSION} reference environment in "
-                f"{env_dir} ({exc}); log {log}:\n{tail}",
-                pytrace=False,
-            )
-        version = _ztfimg_version(python, scratch)
-        if version != ZTFIMG_VERSION:
-            pytest.fail(
-                f"the reference environment {env_dir} was built but does not import "
-                f"ztfimg {ZTFIMG_VERSION}: {version}",
-                pytrace=False,
-            )
-        seconds = time.monotonic() - start
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pins": list(PINS), "build_seconds": round(seconds, 1)}))
-        os.replace(tmp, marker)
-    print(f"\nbuilt the ztfimg {ZTFIMG_VERSION} reference environment in {seconds:.0f} s")
-    return ReferenceEnv(python, "built", seconds)
+    try:
+        python, seconds = cached_env(
+            f"ref-ztfimg-{ZTFIMG_VERSION}", PINS, ("ztfimg",), ZTFIMG_VERSION, scratch
+        )
+    except ReferenceEnvError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return ReferenceEnv(python, "cache" if seconds is None else "built", seconds)
 
 
 # --- running both implementations ------------------------------------------------------------
@@ -270,7 +183,7 @@ def _start_reference(python: str, raw_file: Path, npz: Path, scratch: Path) -> s
     return subprocess.Popen(
         [python, str(REFERENCE_SCRIPT), str(raw_file), str(npz)], cwd=scratch,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=_clean_env(ZTFDATA=str(scratch)),
+        env=clean_env(ZTFDATA=str(scratch)),
     )  # fmt: skip
 
 
