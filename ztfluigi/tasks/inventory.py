@@ -49,14 +49,20 @@ class Inventory:
 
 
 def _raw_products(unit: RawFiles) -> Iterator[Product]:
-    for rawname in unit.branches():
+    rawnames = unit.branches()
+    masters: dict[str, tuple[str, ...]] = {}  # filtercode → the master made from the frame
+    if unit.imgtype == "bias":
+        bias = (MasterBias(date=unit.date, ccdid=unit.ccdid).output().path,)
+        masters = {r.filtercode: bias for r in rawnames}
+    elif unit.imgtype == "flat":
+        for f in {r.filtercode for r in rawnames}:
+            flat = MasterFlat(date=unit.date, ccdid=unit.ccdid, filtercode=f)
+            masters[f] = (flat.output().path,)
+    for rawname in rawnames:
         if unit.imgtype == "object":
             consumers = tuple(catalog_target(rawname, q).path for q in range(1, 5))
-        elif unit.imgtype == "bias":
-            consumers = (MasterBias(date=unit.date, ccdid=unit.ccdid).output().path,)
         else:
-            master = MasterFlat(date=unit.date, ccdid=unit.ccdid, filtercode=rawname.filtercode)
-            consumers = (master.output().path,)
+            consumers = masters[rawname.filtercode]
         yield Product("raw", raw_target(rawname).path, unit.date, consumers)
 
 
