@@ -177,7 +177,7 @@ class sim(luigi.Config):  # noqa: N801
 
 def get_archive() -> Archive:
     """The configured archive (one instance per process and configuration)."""
-    return _archive(ztfluigi().archive, sim().sim_config())
+    return _archive(settings().archive, sim().sim_config())
 
 
 @functools.cache

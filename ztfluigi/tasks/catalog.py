@@ -54,7 +54,7 @@ def catalog_target(rawname: RawName, qid: int) -> storage.FsspecTarget:
 
 def refcat_url(date: dt.date) -> str:
     """The reference catalogue store: the night's synthetic one, or the configured Gaia DR3."""
-    setting = config.ztfluigi().refcat
+    setting = config.settings().refcat
     return SimRefCatalog(date=date).catalog_url() if setting == "sim" else setting
 
 
@@ -104,7 +104,7 @@ def build_catalogues(
     """Match calibrations (dynamic dependencies), then build and write the ``todo`` catalogues."""
     if not todo:
         return
-    if config.ztfluigi().refcat == "sim":  # only nights with science have a synthetic catalogue
+    if config.settings().refcat == "sim":  # only nights with science have a synthetic catalogue
         yield [SimRefCatalog(date=date)]
     match, calib_tasks = yield from calibration_tasks(date, ccdid, filtercode)
     calibration = Calibration.load(*calib_tasks, match=match)
@@ -118,7 +118,7 @@ def build_catalogues(
         ccd = raw.read_raw(storage.read_bytes(raw_target(rawname).path), rawname.filename)
         for qid in qids:
             sci = science_quadrant(ccd, rawname, qid, calibration)
-            if config.ztfluigi().store_science:
+            if config.settings().store_science:
                 store_science_quadrant(sci, rawname, qid)
             table = quadrant_catalogue(sci, rawname, qid, calibration, catalogue, url)
             storage.write_parquet(catalog_target(rawname, qid), table)
@@ -222,7 +222,7 @@ class QuadrantCatalog(QuadrantParameters, progress.OneLineFailures, luigi.Task):
 
     def requires(self) -> list[luigi.Task]:
         reqs = [ScienceQuadrant(filename=self.filename, qid=self.qid)]
-        if config.ztfluigi().refcat == "sim":
+        if config.settings().refcat == "sim":
             reqs.append(SimRefCatalog(date=self.rawname.date))
         return reqs
 

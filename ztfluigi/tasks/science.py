@@ -45,7 +45,7 @@ def match_calibration(
     A generator for Luigi's dynamic dependencies: it yields the RawIndex tasks it needs and
     finally the :class:`~ztfluigi.calmatch.CalibrationMatch`.
     """
-    window = config.ztfluigi().calib_window
+    window = config.settings().calib_window
     today = dt.datetime.now(dt.UTC).date()
     indexes: dict[dt.date, pa.Table] = {}
     error: calmatch.NoCalibrationError | None = None
@@ -239,5 +239,5 @@ class ScienceQuadrant(QuadrantParameters, progress.OneLineFailures, luigi.Task):
     def run(self) -> Iterator[list[luigi.Task]]:
         r = self.rawname
         yield from calibration_tasks(r.date, r.ccdid, r.filtercode)
-        if config.ztfluigi().store_science:
+        if config.settings().store_science:
             store_science_quadrant(self.output().load(), r, self.qid)

@@ -53,7 +53,7 @@ class SimTruth(progress.OneLineFailures, luigi.Task):
 
     def output(self) -> dict[str, storage.FsspecTarget]:
         base = f"sim/truth/{self.date:%Y}/{self.date:%m%d}/ztfsim_{self.date:%Y%m%d}"
-        root = config.ztfluigi()
+        root = config.settings()
         return {
             "detector": storage.get_target(root.cal_url(f"{base}_detector.parquet")),
             "stars": storage.get_target(root.cal_url(f"{base}_stars.parquet")),
