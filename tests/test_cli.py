@@ -15,3 +15,16 @@ def test_bad_date_is_one_line(capsys):
     assert cli.main(["night", "2019-02-30"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid date" in err
+
+
+def test_environment_errors_are_one_line(capsys):
+    """A port already in use (an OSError) is one line and exit status 2, not a traceback."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli.main(["archive", "serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ztfluigi: error: ") and "in use" in err and err.count("\n") == 1

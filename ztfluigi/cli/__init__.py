@@ -25,10 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ztfluigi`` console script."""
+    from ztfluigi.tasks.progress import expected_error_types
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:  # bad dates and names: one line, no traceback
+    except (ValueError, OSError, *expected_error_types()) as exc:
+        # bad dates and names, unreachable stores or archives, ports in use: one line
         print(f"ztfluigi: error: {exc}", file=sys.stderr)
         return 2
 
