@@ -167,11 +167,19 @@ class sim(luigi.Config):  # noqa: N801
         default=0.0, description="fraction of nights closed by weather (no science exposure)"
     )
 
+    starflat_dates = luigi.ListParameter(
+        default=(), description="UT dates whose science block is a starflat sequence"
+    )
+    fringes = luigi.BoolParameter(
+        default=False, description="zi science exposures carry an additive fringe pattern"
+    )
+
     def sim_config(self) -> SimConfig:
         """These settings as the simulator's :class:`~ztfluigi.sim.schedule.SimConfig`."""
         return SimConfig(
             seed=self.seed, scale=self.scale, n_fields=self.n_fields,
             calib_gaps=self.calib_gaps, weather_losses=self.weather_losses,
+            starflat_dates=tuple(str(d) for d in self.starflat_dates), fringes=self.fringes,
         )  # fmt: skip
 
 

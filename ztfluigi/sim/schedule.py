@@ -41,6 +41,9 @@ class SimConfig:
     n_fields: int = 3  #: science fields per night
     calib_gaps: bool = False  #: some nights lack calibrations or one filter's flats
     weather_losses: float = 0.0  #: fraction of nights closed by weather (calibrations only)
+    #: UT dates (YYYY-MM-DD) whose science block is a dithered starflat sequence per filter
+    starflat_dates: tuple[str, ...] = ()
+    fringes: bool = False  #: zi science exposures carry an additive fringe pattern
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.weather_losses <= 1.0:
