@@ -1,8 +1,8 @@
 """luigi.cfg sections as Luigi ``Config`` classes (``[ztfluigi]``, ``[sim]``, ``[s3]``).
 
-Store settings (``[s3]``, the listing policy) are handed to :mod:`ztfluigi.storage` as
-process-wide defaults whenever a product URL is built, so every target and listing on
-``s3://`` uses them; credentials never become task parameters or part of a target.
+Store settings (``[s3]``, the listing policy) are handed to :mod:`ztfluigi.storage` once per
+configuration, as a :class:`~ztfluigi.storage.StoreSettings` value, when :func:`settings` reads
+``[ztfluigi]``; credentials never become task parameters or part of a target.
 """
 
 from __future__ import annotations
@@ -49,17 +49,14 @@ class ztfluigi(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
 
     def raw_url(self, relpath: str) -> str:
         """URL of a raw-store path."""
-        install_store_settings()
         return url_join(self.raw_root or self.root, relpath)
 
     def catalog_url(self, relpath: str) -> str:
         """URL of a catalogue-store path."""
-        install_store_settings()
         return url_join(self.catalog_root or self.root, relpath)
 
     def cal_url(self, relpath: str) -> str:
         """URL of a calibration-store path."""
-        install_store_settings()
         return url_join(self.cal_root or self.root, relpath)
 
 
@@ -106,12 +103,8 @@ class s3(luigi.Config):  # noqa: N801
         return options
 
 
-_installed: tuple | None = None  # fingerprint of what install_store_settings last read
-_installed_s3 = False  # whether it installed S3 options (an empty [s3] then removes them)
-
-
 def _stamp() -> tuple:
-    """A cheap fingerprint of the settings install_store_settings reads (file + command line)."""
+    """A cheap fingerprint of the settings :func:`settings` reads (file + command line)."""
     cfg = luigi.configuration.get_config()
     sections = tuple(
         tuple(cfg.items(name, raw=True)) if cfg.has_section(name) else ()
@@ -120,35 +113,30 @@ def _stamp() -> tuple:
     return sections, id(CmdlineParser.get_instance())
 
 
-def install_store_settings() -> None:
-    """Hand ``[s3]`` and the listing policy to :mod:`ztfluigi.storage` (when they changed).
-
-    Called whenever a product URL is built; a no-op while the configuration is unchanged.
-    """
-    global _installed, _installed_s3
-    stamp = _stamp()
-    if stamp == _installed:
-        return
-    section = s3()
-    options = section.storage_options()
-    if options or _installed_s3:
-        storage.set_default_storage_options("s3", options)
-        _installed_s3 = bool(options)
-    storage.set_s3_part_size(section.multipart_chunksize << 20)
-    storage.set_confirm_missing(ztfluigi().listing_confirm_missing)
-    _installed = stamp
+def store_settings(section: ztfluigi) -> storage.StoreSettings:
+    """The store settings of a configuration: ``[s3]`` options and the listing policy."""
+    s3_section = s3()
+    options = s3_section.storage_options()
+    return storage.StoreSettings(
+        options={"s3": options} if options else {},
+        s3_part_size=s3_section.multipart_chunksize << 20,
+        confirm_missing=section.listing_confirm_missing,
+    )
 
 
 _settings: tuple[tuple, ztfluigi] | None = None  # (stamp, instance) of settings()
 
 
 def settings() -> ztfluigi:
-    """The ``[ztfluigi]`` section, built once per configuration: product URLs are built tens of
-    thousands of times per night, and Luigi needs ≈0.3 ms to build a Config instance."""
+    """The ``[ztfluigi]`` section, built once per configuration (product URLs are built tens of
+    thousands of times per night, and Luigi needs ≈0.3 ms to build a Config instance); the store
+    settings of a new configuration are handed to :mod:`ztfluigi.storage` here."""
     global _settings
     stamp = _stamp()
     if _settings is None or _settings[0] != stamp:
-        _settings = (stamp, ztfluigi())
+        section = ztfluigi()
+        storage.configure(store_settings(section))
+        _settings = (stamp, section)
     return _settings[1]
 
 
@@ -191,3 +179,9 @@ def get_archive() -> Archive:
 @functools.cache
 def _archive(spec: str, sim_config: SimConfig) -> Archive:
     return archive.get_archive(spec, sim_config)
+
+
+def install_store_settings() -> None:
+    """Hand the current configuration's store settings to :mod:`ztfluigi.storage` now (as
+    :func:`settings` does whenever the configuration changed), e.g. after removing ``[s3]``."""
+    settings()
