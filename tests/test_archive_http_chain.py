@@ -20,12 +20,14 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 
-from tests.conftest import DEMO_DATE, luigi_settings
+from tests.helpers import DEMO_DATE, luigi_settings
 from ztfluigi.archive.server import DATA_PREFIX, SEARCH_PREFIX, IrsaServer
 from ztfluigi.archive.sim import SimArchive
 from ztfluigi.sim.schedule import SimConfig
 from ztfluigi.tasks import ApertureCatalog
 from ztfluigi.tasks.catalog import refcat_url
+
+pytestmark = pytest.mark.slow  # one CCD-night over HTTP and from the simulator
 
 CCD, FILTER = 6, "zr"
 SIM = {"seed": "0", "scale": "32", "n_fields": "1"}

@@ -1,13 +1,12 @@
 """Master bias, master flat and focal-plane level on the synthetic night recover the truth."""
 
-import datetime as dt
 import json
 
 import luigi
 import numpy as np
 import pytest
 
-from tests.conftest import DEMO_DATE
+from tests.helpers import DEMO_DATE, build_ok, night_without_calibration
 from ztfluigi import calib, camera, storage
 from ztfluigi.sim import detector, schedule, truth
 from ztfluigi.stacking import ClipSpec, clipped_median
@@ -15,17 +14,6 @@ from ztfluigi.tasks import FocalPlaneFlatImage, FocalPlaneLevel, MasterBias, Mas
 
 SEED, SCALE = 0, 16
 SHAPE = camera.quadrant_shape(SCALE)
-
-
-def build(*tasks, workers=1):
-    res = luigi.build(
-        list(tasks),
-        local_scheduler=True,
-        workers=workers,
-        log_level="WARNING",
-        detailed_summary=True,
-    )
-    return res.status == luigi.execution_summary.LuigiStatusCode.SUCCESS
 
 
 def median_noise_factor(n: int, spec: ClipSpec, trials: int = 200_000) -> float:
@@ -38,7 +26,7 @@ def median_noise_factor(n: int, spec: ClipSpec, trials: int = 200_000) -> float:
 def test_master_bias_recovers_the_true_bias_structure(luigi_store):
     ccdid = 11
     task = MasterBias(date=DEMO_DATE, ccdid=ccdid)
-    assert build(task)
+    assert build_ok(task)
     hdul = storage.read_fits(task.output())
     bias, header = hdul[0].data.astype(np.float64), hdul[0].header
     assert bias.shape == (2 * SHAPE[0], 2 * SHAPE[1]) and hdul[0].data.dtype.kind == "f"
@@ -69,7 +57,7 @@ def true_flat(ccdid: int, filtercode: str) -> np.ndarray:
 def test_master_flat_recovers_the_true_flat_within_the_noise(luigi_store):
     ccdid, filtercode = 6, "zr"
     task = MasterFlat(date=DEMO_DATE, ccdid=ccdid, filtercode=filtercode)
-    assert build(task)
+    assert build_ok(task)
     hdu = storage.read_fits(task.output())[0]
     flat, header = hdu.data.astype(np.float64), hdu.header
     assert header["FILTRKEY"] == "zr" and header["NFRAMES"] == 20 and header["CLIPMETH"] == "mad"
@@ -100,7 +88,7 @@ def test_focal_plane_level_and_picture(tmp_path, luigi_store):
     cfg.set("sim", "scale", "64")
     level_task = FocalPlaneLevel(date=DEMO_DATE, filtercode="zg")
     image = FocalPlaneFlatImage(date=DEMO_DATE, filtercode="zg")
-    assert build(image, workers=2)
+    assert build_ok(image, workers=2)
     hdul = storage.read_fits(level_task.output())
     fp = hdul[0].header["FLTNORM_FP"]
     rows = hdul[1].data
@@ -135,19 +123,12 @@ def test_global_median_matches_numpy():
     assert calib.focal_plane_level(flats) == pytest.approx(ref, rel=1e-7)
 
 
-def night_without_calibration() -> dt.date:
-    """The first night after the demo night that ``calib_gaps`` leaves without calibrations."""
-    dates = (DEMO_DATE + dt.timedelta(days=i) for i in range(60))
-    cfg = schedule.SimConfig(calib_gaps=True)
-    return next(d for d in dates if not schedule.calibration_plan(cfg, d).bias)
-
-
 def test_night_without_calibration_fails_cleanly(luigi_store):
     cfg = luigi.configuration.get_config()
     cfg.set("sim", "calib_gaps", "true")
     no_cal = night_without_calibration()
     task = MasterBias(date=no_cal, ccdid=1)
-    assert not build(task)
+    assert not build_ok(task)
     assert not task.output().exists()
 
 
@@ -156,7 +137,7 @@ def test_flat_without_led_is_reported_not_silently_dropped(luigi_store):
 
     ccdid = 2
     flats = RawFiles(date=DEMO_DATE, ccdid=ccdid, imgtype="flat", filtercode="zg")
-    assert build(flats)
+    assert build_ok(flats)
     victim = flats.output()[7]
     content = storage.read_bytes(victim)
     at = content.index(b"ILUM_LED=")
@@ -164,7 +145,7 @@ def test_flat_without_led_is_reported_not_silently_dropped(luigi_store):
     victim.remove()
     storage.write_bytes(victim, damaged)
     task = MasterFlat(date=DEMO_DATE, ccdid=ccdid, filtercode="zg")
-    assert build(task)
+    assert build_ok(task)
     header = storage.read_fits(task.output())[0].header
     assert header["NBADLED"] == 1 and header["NFRAMES"] == 19
     assert victim.path.rsplit("/", 1)[-1] in header["BADLED01"]

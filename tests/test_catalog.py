@@ -5,7 +5,7 @@ import luigi
 import numpy as np
 import pytest
 
-from tests.conftest import DEMO_DATE, luigi_settings
+from tests.helpers import DEMO_DATE, build, luigi_settings
 from ztfluigi import storage
 from ztfluigi.sim import psf
 from ztfluigi.tasks import (
@@ -18,11 +18,7 @@ from ztfluigi.tasks import (
 from ztfluigi.tasks.catalog import catalog_target
 from ztfluigi.tasks.science import MissingInput
 
-
-def build(*tasks, workers=2):
-    res = luigi.build(list(tasks), local_scheduler=True, workers=workers, log_level="WARNING",
-                      detailed_summary=True)  # fmt: skip
-    return res
+pytestmark = pytest.mark.slow  # a whole synthetic night (scale 8, three fields)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +30,7 @@ def night(tmp_path_factory):
         "sim": {"seed": "0", "scale": "8", "n_fields": "3"},
     }):  # fmt: skip
         entry = ApertureCatalog(date=DEMO_DATE, filtercode="zr")
-        result = build(entry, SimTruth(date=DEMO_DATE))
+        result = build(entry, SimTruth(date=DEMO_DATE), workers=2)
         yield entry, result, root
 
 
@@ -152,7 +148,7 @@ def test_regeneration_rebuilds_exactly_the_deleted_outputs(night):
         t.remove()
     stamps = {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
     assert not entry.complete()
-    assert build(entry).status == luigi.execution_summary.LuigiStatusCode.SUCCESS
+    assert build(entry, workers=2).status == luigi.execution_summary.LuigiStatusCode.SUCCESS
     after = {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
     rebuilt = {p for p in after if after[p] != stamps.get(p)}
     assert rebuilt == {t.path for t in victims}
@@ -190,9 +186,9 @@ def parquet_table(content):
 def test_virtual_science_quadrant_is_what_the_catalogue_measured(night):
     """ScienceQuadrant stores nothing, is complete when its inputs are, and load() rebuilds the
     exact image the unit measured: photometry of the loaded image equals the stored catalogue."""
-    from ztfluigi import refcat
-    from ztfluigi.tasks.catalog import quadrant_catalogue, refcat_url
-    from ztfluigi.tasks.science import Calibration, calibration_tasks, resolve_built
+    from ztfluigi import catalogue, config, refcat
+    from ztfluigi.tasks.catalog import refcat_url
+    from ztfluigi.tasks.science import load_calibration, stored_calibration
 
     entry, _, root = night
     unit = next(t for t in entry.requires() if isinstance(t, ApertureCatalogUnit))
@@ -204,10 +200,12 @@ def test_virtual_science_quadrant_is_what_the_catalogue_measured(night):
     assert sci.data.dtype == np.float32 and sci.data.shape == sci.mask.shape
     assert sci.header["QID"] == qid and sci.header["RAWFILE"] == rawname.filename
     assert "MAGZP" not in sci.header and "SATURATE" in sci.header  # trap 13
-    match, tasks = resolve_built(calibration_tasks(rawname.date, rawname.ccdid, rawname.filtercode))
-    calibration = Calibration.load(*tasks, match=match)
+    calibration = load_calibration(*stored_calibration(rawname.date, rawname.ccdid,
+                                                       rawname.filtercode))  # fmt: skip
     url = refcat_url(rawname.date)
-    again = quadrant_catalogue(sci, rawname, qid, calibration, refcat.RefCatalog(url), url)
+    again = catalogue.quadrant_catalogue(sci, rawname, qid, calibration, refcat.RefCatalog(url),
+                                         url, config.get_archive().name,
+                                         config.processing_specs().correction)  # fmt: skip
     stored = storage.read_parquet(catalog_target(rawname, qid))
     assert again.equals(stored)
 
@@ -225,7 +223,7 @@ def test_single_quadrant_with_stored_science_image(tmp_path):
         "ztfluigi": {"root": str(root), "archive": "sim", "refcat": "sim", "store_science": "true"},
         "sim": {"seed": "3", "scale": "32", "n_fields": "1"},
     }):  # fmt: skip
-        assert build(RawIndex(date=DEMO_DATE)).status.name == "SUCCESS"
+        assert build(RawIndex(date=DEMO_DATE), workers=2).status.name == "SUCCESS"
         index = night_index(DEMO_DATE)
         name = next(f for f in index["filename"].to_pylist() if f.endswith("_c09_o.fits.fz"))
         task = QuadrantCatalog(filename=name, qid=3)
@@ -233,7 +231,7 @@ def test_single_quadrant_with_stored_science_image(tmp_path):
         assert not virtual.complete()  # no calibration built yet
         with pytest.raises(MissingInput, match="not in the raw store yet"):
             virtual.output().load()
-        assert build(task).status.name == "SUCCESS"
+        assert build(task, workers=2).status.name == "SUCCESS"
         assert virtual.complete() and virtual.output().cached()
         rawname = naming.parse_raw_filename(name)
         others = [catalog_target(rawname, q) for q in (1, 2, 4)]

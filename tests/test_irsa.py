@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pytest
 from astropy.io import fits
 
-from tests.conftest import DEMO_DATE, luigi_settings
+from tests.helpers import DEMO_DATE, luigi_settings
 from ztfluigi.archive import RAW_METADATA_COLUMNS, ArchiveError, get_archive
 from ztfluigi.archive.irsa import (
     IRSA_URL,

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_DATE, luigi_settings
+from tests.helpers import DEMO_DATE, luigi_settings, night_without_calibration
 from tests.luigid import NIGHT, Luigid, night_settings, night_tasks, running_luigid, scheduler_tasks
-from tests.test_calib_products import night_without_calibration
 from ztfluigi.cli.slurm import worker_loop
+
+pytestmark = pytest.mark.slow  # nights on a real luigid with worker processes
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"

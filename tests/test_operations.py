@@ -5,11 +5,13 @@ import datetime as dt
 import luigi
 import pytest
 
-from tests.conftest import DEMO_DATE, luigi_settings
+from tests.helpers import DEMO_DATE, luigi_settings
 from ztfluigi import cli, storage
 from ztfluigi.tasks import ApertureCatalog, ApertureCatalogRange
 from ztfluigi.tasks.inventory import inventory
 from ztfluigi.tasks.parameters import InvalidParameter
+
+pytestmark = pytest.mark.slow  # whole synthetic nights built for status/clean
 
 ENTRY = ["ApertureCatalog", "--date", DEMO_DATE.isoformat(), "--filtercode", "zg"]
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pytest
 from astropy.io import fits
 
-from tests.conftest import DEMO_DATE, luigi_settings
+from tests.helpers import DEMO_DATE, build, luigi_settings
 from tests.s3server import REGION, RequestCounter, clear_aws_env, moto_s3
 from ztfluigi import config, storage
 from ztfluigi.storage import (
@@ -69,10 +69,6 @@ def no_aws_env(monkeypatch):
 def s3fs_of(url):
     return get_target(url).fs.fsspec
 
-
-def build(*tasks):
-    return luigi.build(list(tasks), local_scheduler=True, workers=1, log_level="WARNING",
-                       detailed_summary=True)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------

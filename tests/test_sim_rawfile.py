@@ -7,7 +7,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from tests.conftest import DEMO_DATE
+from tests.helpers import DEMO_DATE
 from ztfluigi import camera, nonlinearity
 from ztfluigi.archive.sim import SimArchive
 from ztfluigi.raw import verify_raw

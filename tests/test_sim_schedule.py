@@ -5,7 +5,7 @@ import datetime as dt
 
 import numpy as np
 
-from tests.conftest import DEMO_DATE
+from tests.helpers import DEMO_DATE
 from ztfluigi.sim import schedule
 from ztfluigi.sim.schedule import SimConfig, night_log
 

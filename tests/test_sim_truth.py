@@ -4,8 +4,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from tests.conftest import DEMO_DATE
-from tests.test_tasks_raw import build
+from tests.helpers import DEMO_DATE, build
 from ztfluigi import storage
 from ztfluigi.refcat import RefCatalog
 from ztfluigi.tasks import SimRefCatalog, SimTruth
@@ -34,5 +33,5 @@ def test_truth_refuses_other_archives(luigi_store):
     import luigi.configuration
 
     luigi.configuration.get_config().set("ztfluigi", "archive", "irsa")
-    with pytest.raises(Exception, match="archive"):
+    with pytest.raises(ValueError, match="only for archive = sim"):
         SimTruth(date=DEMO_DATE).run()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_DATE, luigi_settings
+from tests.helpers import DEMO_DATE, luigi_settings
 from tests.luigid import (
     NIGHT,
     night_settings,
@@ -172,6 +172,7 @@ def test_cli_checks_task_parameters_before_writing(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a night built by a Slurm job array
 def test_job_array_of_luigi_workers_builds_the_night(tmp_path):
     settings = night_settings(tmp_path / "store")
     logs = tmp_path / "slurm-logs"

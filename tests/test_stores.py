@@ -22,7 +22,7 @@ import pyarrow as pa
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from tests.conftest import DEMO_DATE, luigi_settings
+from tests.helpers import DEMO_DATE, build, luigi_settings
 from tests.s3server import REGION, clear_aws_env, moto_s3
 from ztfluigi import config, naming, storage
 from ztfluigi.archive.sim import SimArchive
@@ -38,14 +38,12 @@ from ztfluigi.tasks import (
     RawIndex,
 )
 
+pytestmark = pytest.mark.slow  # narrowed nights on local disk, S3 and a mirror
+
 SIM = {"seed": "0", "scale": "16", "n_fields": "1"}
 ENTRY = {"date": DEMO_DATE, "ccdid": 1, "filtercode": "zr"}
 SUCCESS = luigi.execution_summary.LuigiStatusCode.SUCCESS
 
-
-def build(*tasks):
-    return luigi.build(list(tasks), local_scheduler=True, workers=1, log_level="WARNING",
-                       detailed_summary=True)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -11,17 +11,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import DEMO_DATE
+from tests.helpers import DEMO_DATE, build
 from ztfluigi import naming, storage
 from ztfluigi.archive import RAW_METADATA_COLUMNS
 from ztfluigi.tasks import RawFile, RawFiles, RawIndex
 from ztfluigi.tasks.raw import night_index
-
-
-def build(*tasks):
-    return luigi.build(
-        list(tasks), local_scheduler=True, workers=1, log_level="WARNING", detailed_summary=True
-    )
 
 
 def test_rawindex_and_raw_files_through_luigi(luigi_store):

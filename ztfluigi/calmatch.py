@@ -321,3 +321,60 @@ def match_calibrations(
         kind="flat", ccdid=ccdid, filtercode=filtercode, window=w,
     )  # fmt: skip
     return CalibrationMatch(d, bias, flat, w)
+
+
+@dataclass(frozen=True)
+class NeedIndexes:
+    """The RawIndex tables a match still needs before it can be decided (nearest first)."""
+
+    nights: tuple[dt.date, ...]
+
+
+def resolve(
+    date: dt.date | str,
+    ccdid: int,
+    filtercode: str,
+    indexes: Mapping[dt.date, pa.Table | None],
+    *,
+    window: int = DEFAULT_WINDOW,
+    valid: tuple[dt.date, dt.date] | None = None,
+) -> CalibrationMatch | NeedIndexes:
+    """The calibration match of a science exposure, or the next RawIndex it needs.
+
+    Candidate nights are read nearest first (:func:`candidate_nights`, restricted to the
+    ``valid`` range of nights that can exist): the match is decided on the shortest prefix of
+    candidates that offers both kinds, so only as many RawIndex tables as needed are read. Every
+    caller — the Luigi tasks (each need a dynamic dependency), the synchronous check of a
+    virtual quadrant, ``status`` — drives this one function. Raises :class:`NoCalibrationError`
+    when every candidate is known and none is usable.
+    """
+    d = as_date(date)
+    candidates = [n for n in candidate_nights(d, window)
+                  if valid is None or valid[0] <= n <= valid[1]]  # fmt: skip
+    error: NoCalibrationError | None = None
+    for i, night in enumerate(candidates):
+        if night not in indexes:
+            return NeedIndexes((night,))
+        try:
+            known = {n: indexes[n] for n in candidates[: i + 1]}
+            return match_calibrations(d, known, ccdid, filtercode, window=window)
+        except NoCalibrationError as exc:
+            error = exc
+    raise error or NoCalibrationError(f"{d}: no calibration night available")
+
+
+def own_calibrations(
+    table: pa.Table | None, ccds: Iterable[int], filtercodes: Iterable[str], *, focal_plane: bool
+) -> list[tuple[str, int | None, str | None]]:
+    """The master calibrations a night can make for CCDs × filters, as (kind, ccdid, filter):
+    ``("bias", c, None)``, ``("flat", c, f)`` and, with ``focal_plane``, ``("fplevel", None, f)``.
+    """
+    filtercodes = list(filtercodes)
+    out: list[tuple[str, int | None, str | None]] = []
+    for c in ccds:
+        if usable_bias(table, c):
+            out.append(("bias", c, None))
+        out += [("flat", c, f) for f in filtercodes if usable_flat(table, c, f)]
+    if focal_plane:
+        out += [("fplevel", None, f) for f in filtercodes if usable_focal_plane(table, f)]
+    return out

@@ -17,6 +17,7 @@ from luigi.parameter import ParameterVisibility
 from ztfluigi import archive, storage
 from ztfluigi.archive import Archive
 from ztfluigi.sim.schedule import SimConfig
+from ztfluigi.specs import ProcessingSpecs
 from ztfluigi.storage import url_join
 
 
@@ -185,3 +186,8 @@ def install_store_settings() -> None:
     """Hand the current configuration's store settings to :mod:`ztfluigi.storage` now (as
     :func:`settings` does whenever the configuration changed), e.g. after removing ``[s3]``."""
     settings()
+
+
+def processing_specs() -> ProcessingSpecs:
+    """The specs every step runs with under the current configuration (one place)."""
+    return ProcessingSpecs()

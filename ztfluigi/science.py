@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +32,7 @@ from astropy.io import fits
 
 from ztfluigi import camera
 from ztfluigi import provenance as prov
+from ztfluigi.calmatch import CalibrationMatch
 from ztfluigi.corrections import CorrectionSpec, correct_quadrant
 from ztfluigi.naming import RawName
 from ztfluigi.raw import RawCCD
@@ -320,20 +321,16 @@ def science_provenance(
     :mod:`ztfluigi.calmatch`: ``CALNIGHT``, ``CALDELTA``…); ``spec`` the raw corrections.
     No wall-clock time is written (rebuilding gives identical headers).
     """
-    out: dict[str, object] = {
-        "PIPELINE": (prov.PIPELINE, "pipeline that built this image"),
-    }
-    for name, version in prov.package_versions().items():
-        out[f"V_{name.upper()[:6]}"] = (version, f"{name} version")
-    out["RAWFILE"] = (raw_file, "raw CCD file")
-    out["BIASFILE"] = (bias_file, "master bias used")
-    out["FLATFILE"] = (flat_file, "master flat used")
-    out["FPFILE"] = (fp_file, "focal-plane level")
-    out["FLTNORM"] = (float(fltnorm), "flat level of this CCD (DN)")
-    out["FLTNORM_FP"] = (float(fltnorm_fp), "focal-plane flat level (DN)")
-    out["SCIFORM"] = ("(R-B)/Fn*FLTNORM_FP/FLTNORM", "science pixel formula")
-    for card in spec.header_cards() if spec is not None else ():
-        out[card[0]] = (card[1], card[2])
+    record = prov.Provenance().extend(prov.version_cards())
+    record.add("RAWFILE", raw_file, "raw CCD file")
+    record.add("BIASFILE", bias_file, "master bias used")
+    record.add("FLATFILE", flat_file, "master flat used")
+    record.add("FPFILE", fp_file, "focal-plane level")
+    record.add("FLTNORM", float(fltnorm), "flat level of this CCD (DN)")
+    record.add("FLTNORM_FP", float(fltnorm_fp), "focal-plane flat level (DN)")
+    record.add("SCIFORM", "(R-B)/Fn*FLTNORM_FP/FLTNORM", "science pixel formula")
+    record.extend(prov.step_cards([spec] if spec is not None else []))
+    out: dict[str, object] = dict(record.mapping())
     for key, value in (calibration or {}).items():
         out[key] = value
     if saturate is not None:
@@ -407,3 +404,70 @@ def build_science_quadrant(
     cards.setdefault("NBADFLAT", (nbad, "pixels NaN: flat <= 0 or not finite"))
     header = science_header(raw.header, raw.quadrant_headers[qid], ipac_header, cards)
     return ScienceQuadrant(data, header, science_mask(ipac_mask, data))
+
+
+# --- a quadrant from stored products --------------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    """The calibration arrays and provenance shared by the quadrants of one CCD and filter.
+
+    ``files`` names the products (``bias``, ``flat``, ``fp``); ``match`` records which nights
+    were chosen (:class:`ztfluigi.calmatch.CalibrationMatch`); ``recorded`` holds the cards of
+    the steps that built the masters (their correction and clipping specs, read back from their
+    headers), so a catalogue can say how its calibrations were made.
+    """
+
+    bias: np.ndarray
+    flat: np.ndarray
+    fltnorm: float
+    fltnorm_fp: float
+    files: dict[str, str]
+    match: CalibrationMatch
+    recorded: dict[str, list[prov.Card]]
+    #: per-quadrant median flat (SATURATE), computed once for all the exposures it serves
+    flat_medians: dict[int, float]
+
+    @classmethod
+    def from_products(
+        cls,
+        bias_hdul: fits.HDUList,
+        flat_hdul: fits.HDUList,
+        fltnorm_fp: float,
+        files: Mapping[str, str],
+        match: CalibrationMatch,
+        recorded_keywords: Sequence[str] = (),
+    ) -> Calibration:
+        """From the master bias and flat FITS products and the focal-plane level."""
+        bias = np.asarray(bias_hdul[0].data, np.float32)
+        flat = np.asarray(flat_hdul[0].data, np.float32)
+        recorded = {
+            "bias": prov.recorded_cards(bias_hdul[0].header, recorded_keywords),
+            "flat": prov.recorded_cards(flat_hdul[0].header, recorded_keywords),
+        }
+        medians = {q: quadrant_flat_median(flat, q) for q in range(1, 5)}
+        fltnorm = float(flat_hdul[0].header["FLTNORM"])
+        return cls(bias, flat, fltnorm, fltnorm_fp, dict(files), match, recorded, medians)
+
+
+def calibrated_quadrant(
+    ccd: RawCCD,
+    rawname: RawName,
+    qid: int,
+    calibration: Calibration,
+    ipac_header: fits.Header,
+    ipac_mask: np.ndarray | None,
+    spec: CorrectionSpec = DEFAULT_SPEC,
+) -> ScienceQuadrant:
+    """The virtual science quadrant of a raw CCD with its matched calibration and IPAC inputs."""
+    cards = science_provenance(
+        calibration.files["bias"], calibration.files["flat"], calibration.files["fp"],
+        calibration.fltnorm, calibration.fltnorm_fp, calibration.match.header_cards(), spec,
+        raw_file=rawname.filename,
+    )  # fmt: skip
+    return build_science_quadrant(
+        ccd, rawname, qid, calibration.bias, calibration.flat, calibration.fltnorm,
+        calibration.fltnorm_fp, ipac_header, ipac_mask, cards, spec,
+        flat_median=calibration.flat_medians[qid],
+    )  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import io
 import logging
 
@@ -12,7 +11,7 @@ from astropy.io import fits
 
 from ztfluigi import calib, camera, config, naming, raw, storage
 from ztfluigi.corrections import CorrectionSpec, correct_ccd
-from ztfluigi.provenance import provenance_header
+from ztfluigi.provenance import Provenance, master_provenance
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.parameters import CcdParameter, FilterParameter, NightParameter
 from ztfluigi.tasks.raw import RawFiles, raw_target
@@ -26,19 +25,24 @@ def cal_target(relpath: str) -> storage.FsspecTarget:
 
 
 def corrected_frames(task: luigi.Task, rawnames: list[naming.RawName], spec: CorrectionSpec):  # noqa: ANN201
-    """Yield (raw name, primary header, corrected sky-oriented CCD) for stored raw files."""
+    """Yield (file name, primary header, corrected sky-oriented CCD) for stored raw files."""
     for i, rawname in enumerate(rawnames):
         content = storage.read_bytes(raw_target(rawname).path)
         ccd = raw.read_raw(content, rawname.filename)
         progress.report(task, i, len(rawnames), "raw frames corrected")
-        yield rawname, ccd.header, correct_ccd(ccd.data, ccd.overscan, rawname.ccdid, rawname.date,
-                                               spec)  # fmt: skip
+        yield rawname.filename, ccd.header, correct_ccd(ccd.data, ccd.overscan, rawname.ccdid,
+                                                        rawname.date, spec)  # fmt: skip
+
+
+def write_image(target: storage.FsspecTarget, data: np.ndarray, record: Provenance) -> None:
+    """A calibration image product: one primary HDU with its provenance header."""
+    storage.write_fits(target, fits.HDUList([fits.PrimaryHDU(data, record.header())]))
 
 
 class MasterBias(progress.OneLineFailures, luigi.Task):
     """Daily master bias of one CCD: the night's biases after the first ten, corrected, stacked.
 
-    Stacking is the per-pixel clipped median of ``calib.BIAS_CLIP`` (the reference definition).
+    Stacking is the per-pixel clipped median of the bias clip spec (the reference definition).
     """
 
     date = NightParameter()
@@ -57,12 +61,12 @@ class MasterBias(progress.OneLineFailures, luigi.Task):
                 f"{self.date} CCD {self.ccdid}: {len(rawnames)} biases after skipping the first "
                 f"{calib.BIAS_SKIP}, at least {calib.MIN_FRAMES} needed"
             )
-        spec, clip = CorrectionSpec(), calib.BIAS_CLIP
-        frames = [f for _, _, f in corrected_frames(self, rawnames, spec)]
-        bias = calib.master_bias(frames, clip)
-        header = provenance_header("bias", self.date, self.ccdid,
-                                   [r.filename for r in rawnames], [spec, clip])  # fmt: skip
-        storage.write_fits(self.output(), fits.HDUList([fits.PrimaryHDU(bias, header)]))
+        specs = config.processing_specs()
+        frames = [f for _, _, f in corrected_frames(self, rawnames, specs.correction)]
+        bias, stats = calib.master_bias_stats(frames, specs.bias_clip)
+        record = master_provenance("bias", self.date, self.ccdid, [r.filename for r in rawnames],
+                                   [specs.correction, specs.bias_clip, stats])  # fmt: skip
+        write_image(self.output(), bias, record)
 
 
 class MasterFlat(progress.OneLineFailures, luigi.Task):
@@ -70,7 +74,7 @@ class MasterFlat(progress.OneLineFailures, luigi.Task):
 
     Per-LED robust clipped medians of bias-subtracted flats, each divided by its CCD median,
     averaged over LEDs; ``FLTNORM`` = mean of the LED medians. A flat whose LED is unreadable
-    or not of this filter fails the product (it is never silently dropped).
+    or not of this filter is left out and named in the header and the log.
     """
 
     date = NightParameter()
@@ -92,32 +96,18 @@ class MasterFlat(progress.OneLineFailures, luigi.Task):
         bias_target = self.input()["bias"]
         bias = np.asarray(storage.read_fits(bias_target)[0].data, dtype=np.float32)
         rawnames = self.requires()["flats"].branches()
-        spec, clip = CorrectionSpec(), calib.FLAT_CLIP
-        by_led: dict[int, list[np.ndarray]] = collections.defaultdict(list)
-        used, unreadable = [], []
-        for rawname, header, frame in corrected_frames(self, rawnames, spec):
-            led = header.get("ILUM_LED", -1)
-            if led not in camera.FILTER_LEDS[self.filtercode]:
-                unreadable.append(f"{rawname.filename} (ILUM_LED={led})")
-                continue
-            by_led[led].append(frame)
-            used.append(rawname.filename)
-        if unreadable:
-            logger.warning(
-                "%s: flats without a usable LED left out: %s", self, "; ".join(unreadable)
-            )
-        result = calib.master_flat(by_led, bias, clip)
-        header = provenance_header("flat", self.date, self.ccdid, used, [spec, clip])
-        header["FILTRKEY"] = (self.filtercode, "filter")
-        header["LEDID"] = (0, "0 = all LEDs of the filter combined")
-        header["FLTNORM"] = (result.fltnorm, "mean of the LED medians (DN)")
-        for led, level in result.led_levels.items():
-            header[f"LEDNRM{led:02d}"] = (level, f"median of the LED {led} stack (DN)")
-        header["BIASFILE"] = (bias_target.path.rsplit("/", 1)[-1], "master bias used")
-        header["NBADLED"] = (len(unreadable), "flats left out (ILUM_LED missing/wrong)")
-        for i, reason in enumerate(unreadable, start=1):
-            header[f"BADLED{i:02d}"] = (reason[:68], "")
-        storage.write_fits(self.output(), fits.HDUList([fits.PrimaryHDU(result.flat, header)]))
+        specs = config.processing_specs()
+        frames = corrected_frames(self, rawnames, specs.correction)
+        selection = calib.select_flats_by_led(frames, camera.FILTER_LEDS[self.filtercode])
+        if selection.rejected:
+            logger.warning("%s: flats without a usable LED left out: %s", self,
+                           "; ".join(selection.rejected))  # fmt: skip
+        result = calib.master_flat(selection.by_led, bias, specs.flat_clip)
+        record = master_provenance("flat", self.date, self.ccdid, selection.used,
+                                   [specs.correction, specs.flat_clip, result.stats])  # fmt: skip
+        record.extend(calib.flat_cards(result, self.filtercode, bias_target.path.rsplit("/", 1)[-1],
+                                       selection.rejected))  # fmt: skip
+        write_image(self.output(), result.flat, record)
 
 
 class FocalPlaneLevel(progress.OneLineFailures, luigi.Task):
@@ -142,26 +132,21 @@ class FocalPlaneLevel(progress.OneLineFailures, luigi.Task):
             hdu = storage.read_fits(target)[0]
             flats[ccdid] = (np.asarray(hdu.data, np.float32), float(hdu.header["FLTNORM"]))
         level = calib.focal_plane_level(flats)
-        table = fits.BinTableHDU.from_columns([
-            fits.Column("CCDID", "I", array=np.arange(1, 17)),
-            fits.Column("FLTNORM", "D", array=[flats[c][1] for c in range(1, 17)]),
-            fits.Column("FLATFILE", "80A",
-                        array=[self.input()[c].path.rsplit("/", 1)[-1] for c in range(1, 17)]),
-        ])  # fmt: skip
-        header = provenance_header("fplevel", self.date, None, [], [])
-        header["FILTRKEY"] = (self.filtercode, "filter")
-        header["HIERARCH FLTNORM_FP"] = (level, "focal-plane median of Fn x FLTNORM (DN)")
-        header["HIERARCH NFLATS_FP"] = (16, "CCD flats used")
-        storage.write_fits(self.output(), fits.HDUList([fits.PrimaryHDU(header=header), table]))
+        table = calib.focal_plane_columns(
+            {c: norm for c, (_, norm) in flats.items()},
+            {c: t.path.rsplit("/", 1)[-1] for c, t in self.input().items()},
+        )
+        record = master_provenance("fplevel", self.date, None, [])
+        record.add("FILTRKEY", self.filtercode, "filter")
+        record.add("FLTNORM_FP", level, "focal-plane median of Fn x FLTNORM (DN)")
+        record.add("NFLATS_FP", len(flats), "CCD flats used")
+        storage.write_fits(self.output(), fits.HDUList([fits.PrimaryHDU(header=record.header()),
+                                                        table]))  # fmt: skip
 
 
 def read_focal_plane_level(target: storage.FsspecTarget) -> tuple[float, dict[int, float]]:
-    """(FLTNORM_FP, {ccdid: FLTNORM}) from a FocalPlaneLevel product."""
-    hdul = storage.read_fits(target)
-    rows = hdul[1].data
-    return float(hdul[0].header["FLTNORM_FP"]), dict(
-        zip(rows["CCDID"].tolist(), rows["FLTNORM"].tolist(), strict=True)
-    )
+    """(FLTNORM_FP, {ccdid: FLTNORM}) from a stored FocalPlaneLevel product."""
+    return calib.read_focal_plane_level(storage.read_fits(target))
 
 
 class FocalPlaneFlatImage(progress.OneLineFailures, luigi.Task):
@@ -181,13 +166,11 @@ class FocalPlaneFlatImage(progress.OneLineFailures, luigi.Task):
         from ztfluigi import plots  # matplotlib is an optional extra
 
         level, norms = read_focal_plane_level(self.input()["level"])
-        flats = {}
-        for ccdid, target in self.input()["flats"].items():
-            flats[ccdid] = (
-                np.asarray(storage.read_fits(target)[0].data, np.float32) * norms[ccdid] / level
-            )
+        flats = {c: np.asarray(storage.read_fits(t)[0].data, np.float32)
+                 for c, t in self.input()["flats"].items()}  # fmt: skip
         buf = io.BytesIO()
         plots.focal_plane_flat(
-            flats, f"{self.date} {self.filtercode} master flats x FLTNORM / FLTNORM_FP", buf
-        )
+            calib.denormalised_flats(flats, norms, level),
+            f"{self.date} {self.filtercode} master flats x FLTNORM / FLTNORM_FP", buf,
+        )  # fmt: skip
         storage.write_bytes(self.output(), buf.getvalue())

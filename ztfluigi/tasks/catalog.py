@@ -18,12 +18,9 @@ import logging
 from collections.abc import Iterator
 
 import luigi
-import pyarrow as pa
-from astropy.wcs import WCS
 
-from ztfluigi import calmatch, config, naming, photometry, raw, refcat, science, storage
+from ztfluigi import calmatch, catalogue, config, naming, raw, refcat, storage
 from ztfluigi.naming import RawName
-from ztfluigi.provenance import package_versions
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.parameters import (
@@ -33,17 +30,17 @@ from ztfluigi.tasks.parameters import (
 )
 from ztfluigi.tasks.raw import RawFiles, RawIndex, night_index, raw_target, select_raw
 from ztfluigi.tasks.science import (
-    Calibration,
     QuadrantParameters,
     ScienceQuadrant,
     calibration_tasks,
+    load_calibration,
     science_quadrant,
     store_science_quadrant,
 )
 from ztfluigi.tasks.sim import SimRefCatalog
+from ztfluigi.tasks.workflow import BranchedUnit
 
 logger = logging.getLogger("luigi-interface")
-REFCAT_MARGIN_ARCSEC = 30.0  #: catalogue margin around a quadrant (isolation sees beyond edges)
 
 
 def catalog_target(rawname: RawName, qid: int) -> storage.FsspecTarget:
@@ -58,7 +55,7 @@ def refcat_url(date: dt.date) -> str:
     return SimRefCatalog(date=date).catalog_url() if setting == "sim" else setting
 
 
-class ApertureCatalogUnit(progress.OneLineFailures, luigi.Task):
+class ApertureCatalogUnit(BranchedUnit):
     """All aperture catalogues of one night, CCD and filter (one parquet per quadrant)."""
 
     date = NightParameter()
@@ -74,28 +71,19 @@ class ApertureCatalogUnit(progress.OneLineFailures, luigi.Task):
             ),  # fmt: skip
         }
 
+    def branches_known(self) -> bool:
+        return self.input()["index"].exists()
+
     def branches(self) -> list[tuple[RawName, int]]:
         """(raw science file, qid) pairs of this unit (needs the RawIndex)."""
         raws = select_raw(night_index(self.date), self.ccdid, "object", self.filtercode)
         return [(r, q) for r in raws if self.field in (0, r.field) for q in range(1, 5)]
 
-    def output(self) -> list[storage.FsspecTarget]:
-        if not self.input()["index"].exists():
-            return []
-        return [catalog_target(r, q) for r, q in self.branches()]
+    def branch_output(self, branch: tuple[RawName, int]) -> storage.FsspecTarget:
+        return catalog_target(*branch)
 
-    def complete(self) -> bool:
-        if not self.input()["index"].exists():
-            return False
-        return all(storage.ListingCache().exists_many([t.path for t in self.output()]))
-
-    def missing_branches(self) -> list[tuple[RawName, int]]:
-        listing = storage.ListingCache()
-        return [(r, q) for r, q in self.branches() if not listing.exists(catalog_target(r, q).path)]
-
-    def run(self) -> Iterator[list[luigi.Task]]:
-        yield from build_catalogues(self, self.date, self.ccdid, self.filtercode,
-                                    self.missing_branches())  # fmt: skip
+    def run_branches(self, todo: list[tuple[RawName, int]]) -> Iterator[list[luigi.Task]]:
+        yield from build_catalogues(self, self.date, self.ccdid, self.filtercode, todo)
 
 
 def build_catalogues(
@@ -107,9 +95,10 @@ def build_catalogues(
     if config.settings().refcat == "sim":  # only nights with science have a synthetic catalogue
         yield [SimRefCatalog(date=date)]
     match, calib_tasks = yield from calibration_tasks(date, ccdid, filtercode)
-    calibration = Calibration.load(*calib_tasks, match=match)
-    url = refcat_url(date)
-    catalogue = refcat.RefCatalog(url)
+    calibration = load_calibration(match, calib_tasks)
+    url, archive = refcat_url(date), config.get_archive()
+    reference = refcat.RefCatalog(url)
+    correction = config.processing_specs().correction
     by_raw: dict[RawName, list[int]] = {}
     for rawname, qid in todo:
         by_raw.setdefault(rawname, []).append(qid)
@@ -120,38 +109,11 @@ def build_catalogues(
             sci = science_quadrant(ccd, rawname, qid, calibration)
             if config.settings().store_science:
                 store_science_quadrant(sci, rawname, qid)
-            table = quadrant_catalogue(sci, rawname, qid, calibration, catalogue, url)
+            table = catalogue.quadrant_catalogue(sci, rawname, qid, calibration, reference, url,
+                                                 archive.name, correction)  # fmt: skip
             storage.write_parquet(catalog_target(rawname, qid), table)
             done += 1
             progress.report(task, done, len(todo), "quadrant catalogues")
-
-
-def quadrant_catalogue(
-    sci: science.ScienceQuadrant,
-    rawname: RawName,
-    qid: int,
-    calibration: Calibration,
-    catalogue: refcat.RefCatalog,
-    refcat_name: str = "",
-) -> pa.Table:
-    """Aperture catalogue of a science quadrant: Gaia cone at the epoch, sep photometry."""
-    archive = config.get_archive()
-    ra, dec, radius = refcat.footprint_cone(WCS(sci.header), sci.data.shape, REFCAT_MARGIN_ARCSEC)
-    obsmjd = float(sci.header["OBSMJD"])
-    stars = refcat.at_epoch(catalogue.cone(ra, dec, radius), obsmjd)
-    metadata = {
-        "ztfluigi.product": "ApertureCatalog",
-        "raw_file": rawname.filename, "qid": str(qid), "epoch_mjd": f"{obsmjd:.7f}",
-        "bias_file": calibration.files["bias"], "flat_file": calibration.files["flat"],
-        "fp_file": calibration.files["fp"], "fltnorm": repr(calibration.fltnorm),
-        "fltnorm_fp": repr(calibration.fltnorm_fp),
-        "bias_night": calibration.match.bias_night.isoformat(),
-        "flat_night": calibration.match.flat_night.isoformat(),
-        "refcat": refcat_name,
-        "archive": archive.name,
-        **{f"version.{k}": v for k, v in package_versions().items()},
-    }  # fmt: skip
-    return photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars, metadata=metadata)
 
 
 class ApertureCatalog(luigi.Task):
@@ -199,21 +161,21 @@ class ApertureCatalog(luigi.Task):
         if not RawIndex(date=self.date).output().exists():
             return []
         ccds, filters = self._selection()
-        index = night_index(self.date)
-        reqs: list[luigi.Task] = []
-        for c in ccds:
-            reqs += [RawFiles(date=self.date, ccdid=c, imgtype="object", filtercode=f)
-                     for f in filters]  # fmt: skip
-            if calmatch.usable_bias(index, c):
-                bias = MasterBias(date=self.date, ccdid=c)
+        reqs: list[luigi.Task] = [
+            RawFiles(date=self.date, ccdid=c, imgtype="object", filtercode=f)
+            for c in ccds for f in filters
+        ]  # fmt: skip
+        own = calmatch.own_calibrations(night_index(self.date), ccds, filters,
+                                        focal_plane=not self.ccdid)  # fmt: skip
+        for kind, ccdid, filtercode in own:
+            if kind == "bias":
+                bias = MasterBias(date=self.date, ccdid=ccdid)
                 reqs += [bias, bias.requires()]
-            for f in filters:
-                if calmatch.usable_flat(index, c, f):
-                    flat = MasterFlat(date=self.date, ccdid=c, filtercode=f)
-                    reqs += [flat, flat.requires()["flats"]]
-        if not self.ccdid:
-            reqs += [FocalPlaneLevel(date=self.date, filtercode=f)
-                     for f in filters if calmatch.usable_focal_plane(index, f)]  # fmt: skip
+            elif kind == "flat":
+                flat = MasterFlat(date=self.date, ccdid=ccdid, filtercode=filtercode)
+                reqs += [flat, flat.requires()["flats"]]
+            else:
+                reqs.append(FocalPlaneLevel(date=self.date, filtercode=filtercode))
         return reqs
 
 

@@ -24,6 +24,7 @@ from ztfluigi.tasks.parameters import (
     NightParameter,
     RawFilenameParameter,
 )
+from ztfluigi.tasks.workflow import BranchedUnit
 
 
 class RawIndex(progress.OneLineFailures, luigi.Task):
@@ -98,7 +99,7 @@ class RawFile(progress.OneLineFailures, luigi.Task):
         fetch_raw(self.rawname, self.output())
 
 
-class RawFiles(progress.OneLineFailures, luigi.Task):
+class RawFiles(BranchedUnit):
     """The raw files of one night, CCD and image type (and filter): one scheduler task, many files.
 
     Files are taken in ``obsjd`` order from position ``first`` (biases: the reference pipeline
@@ -114,25 +115,18 @@ class RawFiles(progress.OneLineFailures, luigi.Task):
     def requires(self) -> RawIndex:
         return RawIndex(date=self.date)
 
+    def branches_known(self) -> bool:
+        return self.input().exists()
+
     def branches(self) -> list[RawName]:
         """The raw files this unit covers (needs the RawIndex)."""
         index = night_index(self.date)
         return select_raw(index, self.ccdid, self.imgtype, self.filtercode)[self.first :]
 
-    def output(self) -> list[storage.FsspecTarget]:
-        if not self.input().exists():
-            return []
-        return [raw_target(r) for r in self.branches()]
+    def branch_output(self, branch: RawName) -> storage.FsspecTarget:
+        return raw_target(branch)
 
-    def complete(self) -> bool:
-        if not self.input().exists():
-            return False
-        urls = [t.path for t in self.output()]
-        return all(storage.ListingCache().exists_many(urls))
-
-    def run(self) -> None:
-        listing = storage.ListingCache()
-        todo = [r for r in self.branches() if not listing.exists(raw_target(r).path)]
+    def run_branches(self, todo: list[RawName]) -> None:
         for i, rawname in enumerate(todo):
             fetch_raw(rawname, raw_target(rawname))
             progress.report(self, i + 1, len(todo), "raw files fetched")

@@ -3,11 +3,13 @@
 A science quadrant is never stored by default (DESIGN.md §1): :class:`ScienceQuadrant` is complete
 when its inputs are (raw file, the matched master bias, master flat and focal-plane level), and its
 output's :meth:`ScienceQuadrantTarget.load` computes ``S = (R − B)/F × FLTNORM_FP/FLTNORM`` for the
-quadrant. With ``[ztfluigi] store_science = true`` the quadrant is also written as ztfin2p3's
-``…_sciimg.fits``/``…_mskimg.fits``, and ``load()`` then reads that cache.
+quadrant (:func:`ztfluigi.science.calibrated_quadrant`). With ``[ztfluigi] store_science = true``
+the quadrant is also written as ztfin2p3's ``…_sciimg.fits``/``…_mskimg.fits``, and ``load()``
+then reads that cache.
 
-Calibration nights are matched from the RawIndex products of the surrounding nights, nearest first,
-as Luigi dynamic dependencies (:func:`calibration_tasks`).
+Calibration nights are matched by :func:`ztfluigi.calmatch.resolve` over the RawIndex products
+of the surrounding nights, nearest first: :func:`calibration_tasks` asks for the indexes it needs
+as Luigi dynamic dependencies, :func:`stored_calibration` only reads those already stored.
 """
 
 from __future__ import annotations
@@ -18,11 +20,9 @@ from typing import Any
 
 import luigi
 import numpy as np
-import pyarrow as pa
 from astropy.io import fits
 
 from ztfluigi import calmatch, config, naming, raw, science, storage
-from ztfluigi.corrections import CorrectionSpec
 from ztfluigi.naming import RawName
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat, read_focal_plane_level
@@ -37,29 +37,25 @@ from ztfluigi.tasks.raw import RawFile, RawIndex, night_index, raw_target
 CalibrationTasks = tuple[MasterBias, MasterFlat, FocalPlaneLevel]
 
 
-def match_calibration(
-    date: dt.date, ccdid: int, filtercode: str
-) -> Iterator[list[luigi.Task] | calmatch.CalibrationMatch]:
-    """Nearest usable calibration nights, reading the RawIndex of candidate nights nearest first.
+class MissingInput(storage.ProductError):
+    """A virtual product was asked for before one of its stored inputs exists."""
 
-    A generator for Luigi's dynamic dependencies: it yields the RawIndex tasks it needs and
-    finally the :class:`~ztfluigi.calmatch.CalibrationMatch`.
-    """
-    window = config.settings().calib_window
+
+def _resolve(date: dt.date, ccdid: int, filtercode: str,
+             indexes: dict) -> calmatch.CalibrationMatch | calmatch.NeedIndexes:  # fmt: skip
     today = dt.datetime.now(dt.UTC).date()
-    indexes: dict[dt.date, pa.Table] = {}
-    error: calmatch.NoCalibrationError | None = None
-    for night in calmatch.candidate_nights(date, window):
-        if not FIRST_NIGHT <= night <= today:
-            continue
-        yield [RawIndex(date=night)]
-        indexes[night] = night_index(night)
-        try:
-            yield calmatch.match_calibrations(date, indexes, ccdid, filtercode, window=window)
-            return
-        except calmatch.NoCalibrationError as exc:
-            error = exc
-    raise error or calmatch.NoCalibrationError(f"{date}: no calibration night available")
+    window = config.settings().calib_window
+    return calmatch.resolve(date, ccdid, filtercode, indexes, window=window,
+                            valid=(FIRST_NIGHT, today))  # fmt: skip
+
+
+def match_tasks(match: calmatch.CalibrationMatch, ccdid: int, filtercode: str) -> CalibrationTasks:
+    """The (bias, flat, focal-plane level) products a match stands for."""
+    return (
+        MasterBias(date=match.bias_night, ccdid=ccdid),
+        MasterFlat(date=match.flat_night, ccdid=ccdid, filtercode=filtercode),
+        FocalPlaneLevel(date=match.flat_night, filtercode=filtercode),
+    )
 
 
 def calibration_tasks(
@@ -69,83 +65,58 @@ def calibration_tasks(
 
     ``yield from`` it in a ``run()``; it returns the match and the (bias, flat, focal-plane) tasks.
     """
-    match = None
-    for step in match_calibration(date, ccdid, filtercode):
-        if isinstance(step, calmatch.CalibrationMatch):
-            match = step
-        else:
-            yield step
-    tasks = (
-        MasterBias(date=match.bias_night, ccdid=ccdid),
-        MasterFlat(date=match.flat_night, ccdid=ccdid, filtercode=filtercode),
-        FocalPlaneLevel(date=match.flat_night, filtercode=filtercode),
-    )
+    indexes: dict = {}
+    while isinstance(step := _resolve(date, ccdid, filtercode, indexes), calmatch.NeedIndexes):
+        yield [RawIndex(date=n) for n in step.nights]
+        indexes.update((n, night_index(n)) for n in step.nights)
+    tasks = match_tasks(step, ccdid, filtercode)
     yield list(tasks)
-    return match, tasks
+    return step, tasks
 
 
-class MissingInput(storage.ProductError):
-    """A virtual product was asked for before one of its stored inputs exists."""
+def stored_calibration(
+    date: dt.date, ccdid: int, filtercode: str
+) -> tuple[calmatch.CalibrationMatch, CalibrationTasks]:
+    """The calibration match from stored RawIndexes only, its products already built.
 
-
-def resolve_built(
-    steps: Generator[list[luigi.Task], Any, Any],
-) -> Any:
-    """Drive a dynamic-dependency generator over inputs that must already be built.
-
-    Returns the generator's value; raises :class:`MissingInput` naming the first missing task.
+    Raises :class:`MissingInput` naming the first index or product not built yet.
     """
-    try:
-        step = next(steps)
-        while True:
-            missing = [t for t in step if not t.complete()]
-            if missing:
-                raise MissingInput(f"{missing[0]} is not built yet")
-            step = steps.send(None)
-    except StopIteration as stop:
-        return stop.value
+    indexes: dict = {}
+    while isinstance(step := _resolve(date, ccdid, filtercode, indexes), calmatch.NeedIndexes):
+        for night in step.nights:
+            if not RawIndex(date=night).output().exists():
+                raise MissingInput(f"{RawIndex(date=night)} is not built yet")
+            indexes[night] = night_index(night)
+    tasks = match_tasks(step, ccdid, filtercode)
+    missing = [t for t in tasks if not t.complete()]
+    if missing:
+        raise MissingInput(f"{missing[0]} is not built yet")
+    return step, tasks
 
 
-class Calibration:
-    """The calibration arrays and provenance shared by the quadrants of one CCD and filter."""
-
-    def __init__(self, bias: np.ndarray, flat: np.ndarray, fltnorm: float, fltnorm_fp: float,
-                 files: dict[str, str], match: calmatch.CalibrationMatch) -> None:  # fmt: skip
-        self.bias, self.flat, self.fltnorm, self.fltnorm_fp = bias, flat, fltnorm, fltnorm_fp
-        self.files, self.match = files, match
-        #: per-quadrant median flat (SATURATE), computed once for all the exposures it serves
-        self.flat_medians = {q: science.quadrant_flat_median(flat, q) for q in range(1, 5)}
-
-    @classmethod
-    def load(cls, bias_task: MasterBias, flat_task: MasterFlat, fp_task: FocalPlaneLevel,
-             match: calmatch.CalibrationMatch) -> Calibration:  # fmt: skip
-        bias = np.asarray(storage.read_fits(bias_task.output())[0].data, np.float32)
-        flat_hdu = storage.read_fits(flat_task.output())[0]
-        fltnorm_fp, _ = read_focal_plane_level(fp_task.output())
-        tasks = {"bias": bias_task, "flat": flat_task, "fp": fp_task}
-        files = {k: t.output().path.rsplit("/", 1)[-1] for k, t in tasks.items()}
-        return cls(bias, np.asarray(flat_hdu.data, np.float32), float(flat_hdu.header["FLTNORM"]),
-                   fltnorm_fp, files, match)  # fmt: skip
+def load_calibration(
+    match: calmatch.CalibrationMatch, tasks: CalibrationTasks
+) -> science.Calibration:
+    """Read the matched master bias, flat and focal-plane level from the store."""
+    bias_task, flat_task, fp_task = tasks
+    fltnorm_fp, _ = read_focal_plane_level(fp_task.output())
+    files = {k: t.output().path.rsplit("/", 1)[-1]
+             for k, t in zip(("bias", "flat", "fp"), tasks, strict=True)}  # fmt: skip
+    return science.Calibration.from_products(
+        storage.read_fits(bias_task.output()), storage.read_fits(flat_task.output()), fltnorm_fp,
+        files, match, config.processing_specs().recorded_keywords(),
+    )  # fmt: skip
 
 
 def science_quadrant(
-    ccd: raw.RawCCD, rawname: RawName, qid: int, calibration: Calibration
+    ccd: raw.RawCCD, rawname: RawName, qid: int, calibration: science.Calibration
 ) -> science.ScienceQuadrant:
-    """The virtual science quadrant: built in memory from the raw file and the calibrations."""
+    """The virtual science quadrant: the raw CCD, its calibration and the IPAC header and mask."""
     archive = config.get_archive()
-    spec = CorrectionSpec()
     ipac_header = archive.science_header(rawname, qid)
     _, ipac_mask = archive.science_mask(rawname, qid)
-    prov = science.science_provenance(
-        calibration.files["bias"], calibration.files["flat"], calibration.files["fp"],
-        calibration.fltnorm, calibration.fltnorm_fp, calibration.match.header_cards(), spec,
-        raw_file=rawname.filename,
-    )  # fmt: skip
-    return science.build_science_quadrant(
-        ccd, rawname, qid, calibration.bias, calibration.flat, calibration.fltnorm,
-        calibration.fltnorm_fp, ipac_header, ipac_mask, prov, spec,
-        flat_median=calibration.flat_medians[qid],
-    )  # fmt: skip
+    return science.calibrated_quadrant(ccd, rawname, qid, calibration, ipac_header, ipac_mask,
+                                       config.processing_specs().correction)  # fmt: skip
 
 
 def science_cache_targets(rawname: RawName, qid: int) -> dict[str, storage.FsspecTarget]:
@@ -186,17 +157,17 @@ class ScienceQuadrantTarget(luigi.Target):
         """True when a stored copy (``store_science``) exists."""
         return all(t.exists() for t in science_cache_targets(self.rawname, self.qid).values())
 
-    def _calibration_tasks(self) -> tuple[calmatch.CalibrationMatch, CalibrationTasks]:
+    def _stored_calibration(self) -> tuple[calmatch.CalibrationMatch, CalibrationTasks]:
         r = self.rawname
         if not RawFile(filename=r.filename).complete():
             raise MissingInput(f"{r.filename} is not in the raw store yet")
-        return resolve_built(calibration_tasks(r.date, r.ccdid, r.filtercode))
+        return stored_calibration(r.date, r.ccdid, r.filtercode)
 
     def exists(self) -> bool:
         if self.cached():
             return True
         try:
-            self._calibration_tasks()
+            self._stored_calibration()
         except (MissingInput, calmatch.NoCalibrationError):
             return False
         return True
@@ -209,8 +180,7 @@ class ScienceQuadrantTarget(luigi.Target):
             mask = storage.read_fits(targets["mskimg"])[0]
             return science.ScienceQuadrant(np.asarray(sci.data), sci.header,
                                            np.asarray(mask.data))  # fmt: skip
-        match, tasks = self._calibration_tasks()
-        calibration = Calibration.load(*tasks, match=match)
+        calibration = load_calibration(*self._stored_calibration())
         name = self.rawname.filename
         ccd = raw.read_raw(storage.read_bytes(raw_target(self.rawname).path), name)
         return science_quadrant(ccd, self.rawname, self.qid, calibration)
