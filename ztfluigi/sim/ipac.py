@@ -7,6 +7,7 @@ recomputing them; the simulator provides both, consistent with the pixels it ren
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 import numpy as np
 from astropy.io import fits
@@ -141,10 +142,11 @@ def saturated_pixels(
     near = _box3(counts)[pad : pad + ncy, pad : pad + ncx]  # Σ counts that can reach a cell
     response = detector.sky_response(cfg.seed, ccdid, qid, shape)
     bias = detector.bias_structure(cfg.seed, ccdid, qid, shape)
+    response_max, bias_max = _cell_maxima(cfg.seed, ccdid, qid, shape, cell)
     alpha = psf.moffat_alpha(fwhm_pix)
     peak = (psf.BETA - 1.0) / (np.pi * alpha**2)  # largest flux fraction of one pixel
-    bound_e = (sky_e + peak * near) * _cell_max(response, cell) * 1.0001 + 1.0
-    bound_level = bound_e / amp.gain + _cell_max(bias, cell) + amp.pedestal + 5.0 + 1.0
+    bound_e = (sky_e + peak * near) * response_max * 1.0001 + 1.0
+    bound_level = bound_e / amp.gain + bias_max + amp.pedestal + 5.0 + 1.0
     candidate = bound_level >= amp.saturation
     if not candidate.any():
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
@@ -173,6 +175,16 @@ def _box3(grid: np.ndarray) -> np.ndarray:
         for dx in range(3):
             out += padded[dy : dy + grid.shape[0], dx : dx + grid.shape[1]]
     return out
+
+
+@functools.lru_cache(maxsize=128)
+def _cell_maxima(
+    seed: int, ccdid: int, qid: int, shape: tuple[int, int], cell: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell maxima of the sky response and of the bias structure (cached like them)."""
+    response = detector.sky_response(seed, ccdid, qid, shape)
+    bias = detector.bias_structure(seed, ccdid, qid, shape)
+    return _cell_max(response, cell), _cell_max(bias, cell)
 
 
 def _cell_max(image: np.ndarray, cell: int) -> np.ndarray:
