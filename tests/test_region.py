@@ -93,8 +93,8 @@ def test_whole_sky_and_unknown_fields():
     assert not toy.selects(0, 1, 1)  # calibration exposures have field 0
     rows = toy.quadrants_mask(np.array([0, int(toy.fields[0])]))
     assert not rows[0].any() and rows[1].any()
-    assert toy.qids(int(toy.fields[0]), 1) == [q for q in range(1, 5)
-                                               if toy.selects(int(toy.fields[0]), 1, q)]  # fmt: skip
+    first = int(toy.fields[0])
+    assert toy.qids(first, 1) == [q for q in range(1, 5) if toy.selects(first, 1, q)]
 
 
 def test_toy_sample_size_and_speed():

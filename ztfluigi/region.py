@@ -28,7 +28,7 @@ N_RCID = camera.N_CCD * camera.N_QUADRANT  #: quadrants per exposure (64)
 
 @dataclass(frozen=True)
 class Region:
-    """An R.A./Dec box (degrees); R.A. runs from ``ra_min`` East to ``ra_max``, through 0° if needed.
+    """An R.A./Dec box (degrees); R.A. runs East from ``ra_min`` to ``ra_max``, through 0° if need be.
 
     ``ra_min == ra_max`` (after reduction modulo 360°) means every R.A.
     """
@@ -235,6 +235,6 @@ def _selection(region: Region | None) -> Selection:
 
 
 def selection(spec: str | Region | None) -> Selection:
-    """The selection of a region (a :class:`Region`, a spec string, or None/'' for the whole sky)."""
+    """The selection of a region: a :class:`Region`, a spec string, or None/'' (whole sky)."""
     region = parse_region(spec) if isinstance(spec, str) else spec
     return _selection(region)
