@@ -28,7 +28,7 @@ N_RCID = camera.N_CCD * camera.N_QUADRANT  #: quadrants per exposure (64)
 
 @dataclass(frozen=True)
 class Region:
-    """An R.A./Dec box (degrees); R.A. runs East from ``ra_min`` to ``ra_max``, through 0° if need be.
+    """An R.A./Dec box (degrees); R.A. runs East from ``ra_min`` to ``ra_max`` (through 0° or not).
 
     ``ra_min == ra_max`` (after reduction modulo 360°) means every R.A.
     """
