@@ -5,18 +5,24 @@ An archive answers the questions the pipeline asks IRSA: the night's raw metadat
 file's primary header), the bytes of one raw file, and the IPAC header and mask of a science
 quadrant. ``archive = sim`` is the synthetic instrument; the IRSA client and an IRSA-compatible
 server implement the same interface.
+
+The IPAC inputs of science quadrants are fetched once and stored (:mod:`ztfluigi.ipac`):
+:meth:`Archive.fetch_science_headers` gives the ``sciimg`` headers of many quadrants as one
+table, :meth:`Archive.fetch_mask` the verified bytes of one ``mskimg`` file.
 """
 
 from __future__ import annotations
 
 import abc
 import datetime as dt
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 from astropy.io import fits
 
+from ztfluigi import ipac, naming
 from ztfluigi.naming import RawName
 
 if TYPE_CHECKING:
@@ -33,6 +39,18 @@ EXTRA_COLUMNS = ("ledid", "filename")
 
 class ArchiveError(Exception):
     """A request the archive cannot serve (unknown file, unreachable server…): one-line message."""
+
+
+class MaskFile(NamedTuple):
+    """An IPAC mask file as the archive serves it, verified (:func:`ztfluigi.ipac.read_mask`)."""
+
+    relpath: str  #: path in the IRSA tree: ``sci/YYYY/MMDD/ffffff/ztf_…_qQ_mskimg.fits[.gz]``
+    content: bytes  #: the file's bytes (gzip-compressed when ``relpath`` ends with ``.gz``)
+
+    @property
+    def name(self) -> str:
+        """The file name."""
+        return self.relpath.rsplit("/", 1)[-1]
 
 
 class Archive(abc.ABC):
@@ -59,6 +77,28 @@ class Archive(abc.ABC):
     @abc.abstractmethod
     def science_mask(self, raw: RawName, qid: int) -> tuple[fits.Header, np.ndarray]:
         """The IPAC ``mskimg`` header and int16 bit mask of a science quadrant."""
+
+    def fetch_science_headers(self, quadrants: Sequence[tuple[RawName, int]]) -> pa.Table:
+        """The IPAC ``sciimg`` headers of science quadrants (raw science file, qid) as one
+        header table (:mod:`ztfluigi.ipac`), each header verified and checked to be the
+        quadrant's. This default encodes :meth:`science_header`; archives that serve files
+        return every card of the file's primary header."""
+        headers = []
+        for raw, qid in quadrants:
+            header = self.science_header(raw, qid)
+            name = naming.science_quadrant_name(raw, qid, "sciimg.fits")
+            ipac.check_identity(header, ipac.QuadrantKey.of(raw, qid), name)
+            headers.append(header)
+        return ipac.encode_headers(headers, list(quadrants))
+
+    def fetch_mask(self, raw: RawName, qid: int, shape: tuple[int, int] | None = None) -> MaskFile:
+        """The IPAC mask file of a science quadrant, verified (structure, ``shape`` if given,
+        IPAC bit range). This default renders :meth:`science_mask` as IRSA's ``mskimg.fits``."""
+        header, mask = self.science_mask(raw, qid)
+        relpath = naming.science_quadrant_relpath(raw, qid, "mskimg.fits")
+        content = ipac.image_bytes(header, mask)
+        ipac.read_mask(content, relpath.rsplit("/", 1)[-1], shape)
+        return MaskFile(relpath, content)
 
 
 def get_archive(spec: str, sim: SimConfig | None = None) -> Archive:

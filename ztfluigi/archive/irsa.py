@@ -9,6 +9,13 @@ FITS structure and checksums (:func:`ztfluigi.fitschecksum.verify`), and retried
 back-off on 5xx answers, timeouts, dropped connections and truncated or corrupt bodies; the final
 failure is an :class:`~ztfluigi.archive.ArchiveError` naming the file.
 
+IPAC inputs of science quadrants (:mod:`ztfluigi.ipac`) take the cheapest requests IRSA allows:
+a ``sciimg`` header is one ranged read of the file's first blocks (grown if END is further),
+never the 37 MB image; a mask is one download of ``…_mskimg.fits`` (``…_mskimg.fits.gz`` where a
+server has only that; the client remembers which answered). Damaged answers — a header byte that
+is not printable ASCII or breaks the FITS card rules, a mask pixel outside IPAC's bits, a metadata
+CSV with missing columns or a cut row — are retried like other transient damage.
+
 Credentials: ``IRSA_USERNAME``/``IRSA_PASSWORD`` from the environment, else ztfquery's
 ``~/.ztfquery`` (section ``[irsa]``, ``password`` base64-encoded as ``b'…'``). They are sent only
 to IRSA itself or to a loopback server unless given explicitly, and never appear in logs,
@@ -43,7 +50,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,9 +59,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from astropy.io import fits
 
-from ztfluigi import fitschecksum, naming
+from ztfluigi import fitschecksum, ipac, naming
 from ztfluigi import raw as raw_io
-from ztfluigi.archive import RAW_METADATA_COLUMNS, Archive, ArchiveError, query
+from ztfluigi.archive import RAW_METADATA_COLUMNS, Archive, ArchiveError, MaskFile, query
 from ztfluigi.naming import RawName
 
 logger = logging.getLogger(__name__)
@@ -72,6 +79,8 @@ CHUNK = 1 << 20
 IMGTYPE_CODES = ("o", "b", "f", "d")
 #: hosts that receive the environment's / ztfquery's IRSA credentials (besides loopback)
 IRSA_HOSTS = frozenset({"irsa.ipac.caltech.edu"})
+#: names IPAC masks are served under, in the order tried first (IRSA serves ``mskimg.fits``)
+MASK_SUFFIXES = ("mskimg.fits", "mskimg.fits.gz")
 #: cards describing a file's layout rather than the quadrant (dropped from returned headers)
 _LAYOUT_KEYS = re.compile(r"^(SIMPLE|BITPIX|NAXIS\d*|EXTEND|BZERO|BSCALE)$")
 
@@ -171,6 +180,10 @@ class _AuthError(ArchiveError):
     """HTTP 401/403: not retried, except once after a fresh login (an expired session)."""
 
 
+class _NotFound(ArchiveError):
+    """HTTP 404: the server has no such product (not retried)."""
+
+
 @dataclass
 class _Response:
     status: int
@@ -185,14 +198,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _header_length(buf: bytes) -> int | None:
-    """Bytes of a FITS primary header held at the start of ``buf`` (None: END not reached)."""
-    block = fitschecksum.BLOCK
-    for start in range(0, len(buf) - block + 1, block):
-        for card in range(start, start + block, fitschecksum.CARD):
-            if buf[card : card + 8] == b"END     ":
-                return start + block
-    return None
+def _header_read(buf: bytes) -> bool:
+    """Whether reading a primary header can stop: END reached, or bytes no header can hold."""
+    try:
+        return ipac.header_end(buf) is not None
+    except ipac.IpacError:
+        return True
 
 
 def _without_layout(header: fits.Header) -> fits.Header:
@@ -251,6 +262,7 @@ class IrsaArchive(Archive):
         self._cookie: str | None = None
         self._login_lock = threading.Lock()
         self._local = threading.local()
+        self._mask_suffix = MASK_SUFFIXES[0]  #: the mask name the server answered last
 
     def __repr__(self) -> str:
         return f"IrsaArchive({self.name!r})"
@@ -403,7 +415,7 @@ class IrsaArchive(Archive):
             )
             raise _AuthError(f"{what}: HTTP {resp.status} from {self.name} ({hint})")
         if resp.status == 404:
-            raise ArchiveError(f"{what}: not found on {self.name} (HTTP 404)")
+            raise _NotFound(f"{what}: not found on {self.name} (HTTP 404)")
         message = resp.body.decode("utf-8", "replace")
         m = re.search(r"<message>(.*?)</message>", message, re.DOTALL)
         text = (m[1] if m else message).strip()
@@ -478,9 +490,16 @@ class IrsaArchive(Archive):
             {"WHERE": where, "COLUMNS": ",".join(RAW_METADATA_COLUMNS), "ct": "csv"}
         )
         what = f"raw metadata of {date}"
-        resp = self.get(what, f"{SEARCH_PATH}?{params}")
-        table = parse_metadata_csv(resp.body, what)
-        table = table.sort_by([("obsjd", "ascending"), ("ccdid", "ascending")])
+        parsed: list[pa.Table] = []
+
+        def check(resp: _Response) -> None:
+            try:
+                parsed.append(parse_metadata_csv(resp.body, what))
+            except ipac.IpacError as exc:
+                raise _Retry(str(exc).removeprefix(f"{what}: ")) from None
+
+        self.get(what, f"{SEARCH_PATH}?{params}", check=check)
+        table = parsed[-1].sort_by([("obsjd", "ascending"), ("ccdid", "ascending")])
         names = [
             RawName(f"{f:014d}", field, filt, ccd, code).filename
             for f, field, filt, ccd, code in zip(
@@ -520,37 +539,55 @@ class IrsaArchive(Archive):
             values = list(pool.map(led, first.values()))
         return dict(zip(first, values, strict=True))
 
-    def primary_header(self, relpath: str, what: str, probe: int = HEADER_PROBE) -> fits.Header:
+    def primary_header(
+        self,
+        relpath: str,
+        what: str,
+        probe: int = HEADER_PROBE,
+        verify: Callable[[fits.Header], None] | None = None,
+    ) -> fits.Header:
         """The primary header of a product, read with ranged GETs of its first blocks.
 
         Starts with ``probe`` bytes and doubles until the END card; a server that ignores Range
-        answers 200, and then reading stops as soon as the header is complete.
+        answers 200, and then reading stops as soon as the header is complete. The header is
+        parsed strictly (:func:`ztfluigi.ipac.parse_header`) and given to ``verify``; a damaged
+        answer (IpacError from either) is retried.
         """
         buf = b""
         want = probe
+        parsed: list[fits.Header] = []
         while True:
             start = len(buf)
 
-            def check(resp: _Response, start: int = start) -> None:
+            def check(resp: _Response, start: int = start, prefix: bytes = buf) -> None:
                 if resp.status == 206:
                     m = re.match(r"bytes (\d+)-(\d+)/(\d+)", resp.headers.get("Content-Range", ""))
                     if m is None or int(m[1]) != start:
                         raise _Retry(f"bad Content-Range {resp.headers.get('Content-Range')!r}")
+                data = prefix + resp.body if resp.status == 206 else resp.body
+                try:
+                    if len(data) >= 9 and not data.startswith(b"SIMPLE  ="):
+                        raise ipac.IpacError(f"{what}: not a FITS file")
+                    end = ipac.header_end(data, what)
+                    if end is not None:
+                        header = ipac.parse_header(data[: ipac.header_size(end)], what)
+                        if verify is not None:
+                            verify(header)
+                        parsed.append(header)
+                except ipac.IpacError as exc:
+                    raise _Retry(str(exc).removeprefix(f"{what}: ")) from None
 
             resp = self.get(
                 what,
                 DATA_PATH + relpath,
                 {"Range": f"bytes={start}-{want - 1}"},
-                stop=lambda b: _header_length(bytes(b)) is not None,
+                stop=lambda b: _header_read(bytes(b)),
                 check=check,
                 accept=(200, 206),
             )
+            if parsed:
+                return parsed[-1]
             buf = resp.body if resp.status == 200 else buf + resp.body
-            if not buf.startswith(b"SIMPLE  ="):
-                raise ArchiveError(f"{what}: not a FITS file (from {self.name})")
-            n = _header_length(buf)
-            if n is not None:
-                return fits.Header.fromstring(buf[:n])
             if resp.status == 200 or len(buf) < want:  # the whole file, and no END card
                 raise ArchiveError(f"{what}: FITS primary header has no END card")
             want *= 2
@@ -564,7 +601,7 @@ class IrsaArchive(Archive):
         def check(resp: _Response) -> None:
             try:
                 verify(resp.body, what)
-            except (fitschecksum.FitsIntegrityError, raw_io.RawFileError) as exc:
+            except (fitschecksum.FitsIntegrityError, raw_io.RawFileError, ipac.IpacError) as exc:
                 raise _Retry(str(exc).removeprefix(f"{what}: ")) from None
 
         return self.get(what, DATA_PATH + relpath, check=check).body
@@ -575,20 +612,68 @@ class IrsaArchive(Archive):
         return self.download(raw.relpath, raw.filename, raw_io.verify_raw)
 
     def science_header(self, raw: RawName, qid: int) -> fits.Header:
+        """The quadrant's IPAC ``sciimg`` header (one ranged read), without its layout cards."""
+        return _without_layout(self._science_header(raw, qid))
+
+    def _science_header(self, raw: RawName, qid: int) -> fits.Header:
         relpath = naming.science_quadrant_relpath(raw, qid, "sciimg.fits")
-        return _without_layout(self.primary_header(relpath, relpath.rsplit("/", 1)[-1]))
+        name = relpath.rsplit("/", 1)[-1]
+        key = ipac.QuadrantKey.of(raw, qid)
+        return self.primary_header(
+            relpath, name, verify=lambda h: ipac.check_identity(h, key, name)
+        )
+
+    def fetch_science_headers(self, quadrants: Sequence[tuple[RawName, int]]) -> pa.Table:
+        """Every card of the quadrants' ``sciimg`` primary headers: one ranged read per quadrant
+        (MAX_CONNECTIONS in parallel), verified, as one header table."""
+        quadrants = list(quadrants)
+        workers = max(1, min(MAX_CONNECTIONS, len(quadrants)))
+        with concurrent.futures.ThreadPoolExecutor(workers, "irsa-ipac") as pool:
+            headers = list(pool.map(lambda q: self._science_header(*q), quadrants))
+        return ipac.encode_headers(headers, quadrants)
+
+    def fetch_mask(self, raw: RawName, qid: int, shape: tuple[int, int] | None = None) -> MaskFile:
+        """The quadrant's mask file, one download: ``…_mskimg.fits``, or ``…_mskimg.fits.gz``
+        on a server that has only that (404 for the other). Verified by
+        :func:`ztfluigi.ipac.read_mask_hdu` (structure, ``shape``, IPAC bits, the quadrant's
+        CCD_ID/AMP_ID); damaged answers are retried."""
+        key = ipac.QuadrantKey.of(raw, qid)
+
+        def verify(content: bytes, name: str) -> None:
+            header, _ = ipac.read_mask_hdu(content, name, shape)
+            ipac.check_identity(header, key, name)
+
+        first = self._mask_suffix
+        order = [first, *(s for s in MASK_SUFFIXES if s != first)]
+        for i, suffix in enumerate(order):
+            relpath = naming.science_quadrant_relpath(raw, qid, suffix)
+            try:
+                content = self.download(relpath, relpath.rsplit("/", 1)[-1], verify)
+            except _NotFound:
+                if i + 1 < len(order):
+                    continue
+                name = naming.science_quadrant_name(raw, qid, first)
+                raise _NotFound(
+                    f"{name}: not found on {self.name} (HTTP 404, nor as {' or '.join(order[1:])})"
+                ) from None
+            self._mask_suffix = suffix
+            return MaskFile(relpath, content)
+        raise AssertionError("unreachable")
 
     def science_mask(self, raw: RawName, qid: int) -> tuple[fits.Header, np.ndarray]:
-        relpath = naming.science_quadrant_relpath(raw, qid, "mskimg.fits")
-        content = self.download(relpath, relpath.rsplit("/", 1)[-1])
-        with fits.open(io.BytesIO(content)) as hdul:
-            header = _without_layout(hdul[0].header)
-            mask = np.asarray(hdul[0].data, dtype=np.int16)
-        return header, mask
+        """The quadrant's IPAC mask (one verified download) and its header without layout cards."""
+        mask_file = self.fetch_mask(raw, qid)
+        header, mask = ipac.read_mask_hdu(mask_file.content, mask_file.name)
+        return _without_layout(header), mask
 
 
 def parse_metadata_csv(body: bytes, what: str = "metadata") -> pa.Table:
-    """IRSA's CSV answer as a typed table of ``RAW_METADATA_COLUMNS`` (ArchiveError if not one)."""
+    """IRSA's CSV answer as a typed table of ``RAW_METADATA_COLUMNS``.
+
+    An IBE error document (XML) is an ArchiveError; a damaged CSV (missing columns, a row with
+    the wrong number of fields, a cut last line, a value of the wrong type) is an
+    :class:`~ztfluigi.ipac.IpacError`, which the client retries.
+    """
     text = body.lstrip()
     if text.startswith(b"<"):  # IBE reports errors as XML
         m = re.search(rb"<message>(.*?)</message>", text, re.DOTALL)
@@ -596,6 +681,7 @@ def parse_metadata_csv(body: bytes, what: str = "metadata") -> pa.Table:
         raise ArchiveError(f"{what}: the server answered an error ({detail[0] if detail else ''})")
     if not text:
         return pa.table({c: pa.array([], RAW_TYPES[c]) for c in RAW_METADATA_COLUMNS})
+    ipac.verify_csv(body, RAW_METADATA_COLUMNS, what, exact=False)
     options = pacsv.ConvertOptions(
         column_types=RAW_TYPES, include_columns=list(RAW_METADATA_COLUMNS)
     )
@@ -603,5 +689,5 @@ def parse_metadata_csv(body: bytes, what: str = "metadata") -> pa.Table:
         table = pacsv.read_csv(io.BytesIO(body), convert_options=options)
     except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArchiveError(f"{what}: unexpected CSV from the server ({first})") from None
+        raise ipac.IpacError(f"{what}: unexpected CSV from the server ({first})") from None
     return table.select(list(RAW_METADATA_COLUMNS))

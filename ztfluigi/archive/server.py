@@ -12,7 +12,9 @@ It speaks the part of IRSA the pipeline (and ztfquery) uses, with IRSA's URL lay
   ``Content-Length`` and single-range ``Range`` requests (206).
 - ``GET /ibe/data/ztf/products/sci/YYYY/MMDD/ffffff/ztf_…_qQ_{sciimg,mskimg}.fits``: the IPAC
   science header (its data unit is NaN: the synthetic archive has IPAC's headers, not its pixels)
-  and the mask.
+  and the mask (the archive's :meth:`~ztfluigi.archive.Archive.fetch_mask`), with ranges as for
+  raw files. ``gzip_masks=True`` serves masks as ``…_mskimg.fits.gz`` only (as a gzipped mirror
+  does; deterministic gzip), the plain name then answering 404.
 - ``GET /account/signon/login.do?josso_cmd=login&josso_username=U&josso_password=P`` sets the
   ``JOSSO_SESSIONID`` cookie; HTTP basic auth is accepted too. With ``credentials`` the search and
   data endpoints answer 401 to anonymous requests.
@@ -20,7 +22,9 @@ It speaks the part of IRSA the pipeline (and ztfquery) uses, with IRSA's URL lay
 ``ranges=False`` makes the server ignore ``Range`` (as some servers do), to test clients' fallback.
 
 Faults for testing clients are deterministic (:class:`Faults`): counted per path, or drawn from a
-seeded generator keyed by (path, request number). Rendered files are kept in a byte-bounded LRU.
+seeded generator keyed by (path, request number). Besides transport faults they damage content
+as IRSA answers could be damaged: a flipped byte in a FITS primary header, a flipped mask pixel.
+Rendered files are kept in a byte-bounded LRU.
 Query strings of login requests are never logged.
 """
 
@@ -49,7 +53,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 from astropy.io import fits
 
-from ztfluigi import naming
+from ztfluigi import ipac, naming
 from ztfluigi.archive import RAW_METADATA_COLUMNS, Archive, ArchiveError, query
 from ztfluigi.naming import InvalidName, RawName
 
@@ -61,7 +65,8 @@ LOGIN_PATH = "/account/signon/login.do"
 SESSION_COOKIE = "JOSSO_SESSIONID"
 _SCI_RE = re.compile(
     r"^sci/(?P<y>\d{4})/(?P<md>\d{4})/(?P<frac>\d{6})/ztf_(?P<ffd>\d{14})_(?P<field>\d{6})"
-    r"_(?P<filt>zg|zr|zi)_c(?P<ccd>\d{2})_(?P<t>o)_q(?P<qid>[1-4])_(?P<suffix>sciimg|mskimg)\.fits$"
+    r"_(?P<filt>zg|zr|zi)_c(?P<ccd>\d{2})_(?P<t>o)_q(?P<qid>[1-4])_(?P<suffix>sciimg|mskimg)"
+    r"\.fits(?P<gz>\.gz)?$"
 )
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _PASSWORD_RE = re.compile(r"(josso_password=)[^&\s'\"]*", re.IGNORECASE)
@@ -76,7 +81,11 @@ class Faults:
     ``stall_seconds`` between headers and body if ``k < stall_first``; a body cut at half its
     announced length and the connection closed if ``k < truncate_first``; a ``Content-Length``
     (and body) one FITS block shorter than the file if ``k < short_first``; one flipped byte in
-    the middle of a body of the right length if ``k < corrupt_first``.
+    the middle of a body of the right length if ``k < corrupt_first``. Content damage of FITS
+    products (before a range is cut, inside the gzip stream of a ``.gz``): one byte of the primary
+    header flipped (XOR 0xFF: no longer ASCII) in the middle card's value if
+    ``k < corrupt_header_first``; the high byte of the middle pixel of a mask flipped (bits
+    13-15 set: outside IPAC's bits) if ``k < corrupt_pixel_first``.
     """
 
     fail_first: int = 0
@@ -87,6 +96,8 @@ class Faults:
     truncate_first: int = 0
     short_first: int = 0
     corrupt_first: int = 0
+    corrupt_header_first: int = 0
+    corrupt_pixel_first: int = 0
     seed: int = 0
     prefix: str = "/ibe/"
 
@@ -166,29 +177,28 @@ def _xml_error(message: str) -> bytes:
 
 
 def _fits_bytes(header: fits.Header, data: np.ndarray) -> bytes:
-    """A single-HDU FITS file keeping every card of ``header`` where it is.
+    """A single-HDU FITS file keeping every card of ``header`` (:func:`ipac.image_bytes`)."""
+    return ipac.image_bytes(header, data)
 
-    Written by hand because astropy drops the ``PCOUNT``/``GCOUNT`` cards that IPAC's science
-    headers carry over from the raw extension.
-    """
-    bitpix = {np.dtype(np.int16): 16, np.dtype(np.float32): -32}[data.dtype]
-    layout = [
-        ("SIMPLE", True, "conforms to FITS standard"),
-        ("BITPIX", bitpix, ""),
-        ("NAXIS", data.ndim, ""),
-    ]
-    layout += [(f"NAXIS{i}", n, "") for i, n in enumerate(data.shape[::-1], start=1)]
-    cards = [fits.Card(*c).image for c in layout]
-    cards += [
-        c.image
-        for c in header.cards
-        if c.keyword not in ("SIMPLE", "BITPIX", "EXTEND", "END")
-        and not re.fullmatch(r"NAXIS\d*", c.keyword)
-    ]
-    text = "".join(cards) + "END".ljust(80)
-    head = text.encode("ascii").ljust(-(-len(text) // 2880) * 2880, b" ")
-    body = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder(">")).tobytes()
-    return head + body.ljust(-(-len(body) // 2880) * 2880, b"\0")
+
+def _damage(content: bytes, kind: str) -> bytes:
+    """``content`` (FITS, or gzip of FITS) with its primary header (``kind='header'``) or the
+    middle pixel of its integer image (``'pixel'``) damaged as :class:`Faults` describes."""
+    if content[:2] == b"\x1f\x8b":
+        return ipac.gzip_bytes(_damage(ipac.gunzip_bytes(content, "damaged file"), kind))
+    out = bytearray(content)
+    end = ipac.header_end(content)
+    if end is None:
+        return content
+    if kind == "header":
+        out[(end // ipac.CARD // 2) * ipac.CARD + 20] ^= 0xFF  # value field of the middle card
+        return bytes(out)
+    header = fits.Header.fromstring(content[: end - ipac.CARD].decode("ascii"))
+    if header.get("BITPIX") not in (16, 32) or header.get("NAXIS") != 2:
+        return content
+    n = header["NAXIS1"] * header["NAXIS2"]
+    out[ipac.header_size(end) + abs(header["BITPIX"]) // 8 * (n // 2)] ^= 0xFF  # high byte
+    return bytes(out)
 
 
 def _csv_value(value: object) -> str:
@@ -228,8 +238,10 @@ class IrsaServer:
         cache_bytes: int = 256 * 2**20,
         max_nights: int = 7,
         ranges: bool = True,
+        gzip_masks: bool = False,
     ) -> None:
         self.archive = archive
+        self.gzip_masks = gzip_masks  #: serve masks as ``…_mskimg.fits.gz`` (only)
         self.faults = faults or Faults()
         self.max_nights = max_nights
         self.ranges = ranges  #: False: ignore Range headers (answer 200 with the whole file)
@@ -405,23 +417,38 @@ class IrsaServer:
             raise LookupError(relpath)
         raw = RawName(m["ffd"], int(m["field"]), m["filt"], int(m["ccd"]), m["t"])
         qid = int(m["qid"])
-        if naming.science_quadrant_relpath(raw, qid, f"{m['suffix']}.fits") != relpath:
+        suffix = f"{m['suffix']}.fits{m['gz'] or ''}"
+        if naming.science_quadrant_relpath(raw, qid, suffix) != relpath:
             raise LookupError(relpath)
         if not 1 <= raw.ccdid <= 16:
             raise LookupError(relpath)
-        if m["suffix"] == "mskimg":
-            return self.cache.get(
-                relpath, lambda: _fits_bytes(*self.archive.science_mask(raw, qid))
-            )
+        if m["suffix"] == "sciimg":
+            if m["gz"]:
+                raise LookupError(relpath)
 
-        def sciimg() -> bytes:
-            mask_path = naming.science_quadrant_relpath(raw, qid, "mskimg.fits")
-            mask_header = fits.getheader(io.BytesIO(self.product(mask_path)))
-            shape = (mask_header["NAXIS2"], mask_header["NAXIS1"])
-            header = self.archive.science_header(raw, qid)
-            return _fits_bytes(header, np.full(shape, np.nan, np.float32))
+            def sciimg() -> bytes:
+                mask = ipac.read_mask(self._mask(raw, qid), relpath)
+                header = self.archive.science_header(raw, qid)
+                return ipac.image_bytes(header, np.full(mask.shape, np.nan, np.float32))
 
-        return self.cache.get(relpath, sciimg)
+            return self.cache.get(relpath, sciimg)
+        if bool(m["gz"]) != self.gzip_masks:
+            raise LookupError(relpath)
+        if self.gzip_masks:
+            return self.cache.get(relpath, lambda: ipac.gzip_bytes(self._mask(raw, qid)))
+        return self._mask(raw, qid)
+
+    def _mask(self, raw: RawName, qid: int) -> bytes:
+        """The archive's mask file of a quadrant, uncompressed (cached)."""
+        relpath = naming.science_quadrant_relpath(raw, qid, "mskimg.fits")
+
+        def render() -> bytes:
+            mask_file = self.archive.fetch_mask(raw, qid)
+            if mask_file.relpath.endswith(".gz"):
+                return ipac.gunzip_bytes(mask_file.content, mask_file.name)
+            return mask_file.content
+
+        return self.cache.get(relpath, render)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -568,6 +595,11 @@ class _Handler(BaseHTTPRequestHandler):
             msg = str(exc) if isinstance(exc, ArchiveError) else f"{relpath}: no such product"
             self._send(404, _xml_error(msg), path, "text/xml", head=head)
             return
+        faults, fault = self.irsa.faults, ""
+        if 0 <= k < faults.corrupt_header_first and relpath.endswith((".fits", ".fits.gz")):
+            content, fault = _damage(content, "header"), "header"
+        if 0 <= k < faults.corrupt_pixel_first and "_mskimg.fits" in relpath:
+            content, fault = _damage(content, "pixel"), "pixel"
         span = None
         spec = self.headers.get("Range")
         if spec and self.irsa.ranges:
@@ -589,7 +621,8 @@ class _Handler(BaseHTTPRequestHandler):
                     )
                     return
                 span = (start, end, size)
-        self._body(path, content, "application/fits", k, head, span)
+        ctype = "application/gzip" if relpath.endswith(".gz") else "application/fits"
+        self._body(path, content, ctype, k, head, span, fault)
 
     def _body(
         self,
@@ -599,10 +632,11 @@ class _Handler(BaseHTTPRequestHandler):
         k: int,
         head: bool,
         span: tuple[int, int, int] | None,
+        fault: str = "",
     ) -> None:
         faults = self.irsa.faults
         body = content if span is None else content[span[0] : span[1] + 1]
-        status, length, fault = 206 if span else 200, len(body), ""
+        status, length = 206 if span else 200, len(body)
         stall = 0 <= k < faults.stall_first and faults.stall_seconds > 0 and not head
         if 0 <= k < faults.short_first and length > 2880:
             body, length, fault = body[:-2880], length - 2880, "short"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 from astropy.io import fits
 from astropy.time import Time
 
-from ztfluigi import naming
+from ztfluigi import camera, naming
+from ztfluigi import ipac as ipac_io
 from ztfluigi.archive import EXTRA_COLUMNS, RAW_METADATA_COLUMNS, Archive, ArchiveError
 from ztfluigi.naming import RawName
 from ztfluigi.sim import ipac, rawfile
@@ -76,6 +78,20 @@ class SimArchive(Archive):
         exp = self._science(raw)
         header = ipac.mask_header(self.config, raw.date, exp, raw.ccdid, qid)
         return header, ipac.mask(self.config, raw.date, exp, raw.ccdid, qid)
+
+    def fetch_science_headers(self, quadrants: Sequence[tuple[RawName, int]]) -> pa.Table:
+        """The headers as IRSA serves them: the primary header of the ``sciimg.fits`` the
+        IRSA-compatible server renders (layout cards included), parsed strictly."""
+        quadrants = list(quadrants)
+        shape = camera.quadrant_shape(self.config.scale)
+        headers = []
+        for raw, qid in quadrants:
+            name = naming.science_quadrant_name(raw, qid, "sciimg.fits")
+            block = ipac_io.image_header_bytes(self.science_header(raw, qid), -32, shape)
+            header = ipac_io.parse_header(block, name)
+            ipac_io.check_identity(header, ipac_io.QuadrantKey.of(raw, qid), name)
+            headers.append(header)
+        return ipac_io.encode_headers(headers, quadrants)
 
     def _science(self, raw: RawName) -> Exposure:
         exp = self._exposure(raw)
