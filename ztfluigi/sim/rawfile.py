@@ -20,7 +20,7 @@ import numpy as np
 from astropy.io import fits
 
 from ztfluigi import camera, fitschecksum, nonlinearity, pocket
-from ztfluigi.sim import astrometry, detector, ephemeris, headers, psf, sky
+from ztfluigi.sim import astrometry, detector, ephemeris, fringes, headers, psf, sky
 from ztfluigi.sim.schedule import Exposure, SimConfig, rng_for
 
 QUANTIZE_LEVEL = 16  #: quantisation step = expected pixel noise / 16 (fpack's default q is 4)
@@ -58,6 +58,8 @@ def expected_electrons(
         return rate * detector.dome_response(cfg.seed, ccdid, qid, shape, exp.led)
     cond = conditions(exp)
     light = np.full(shape, sky.sky_electrons(exp, cond.airmass, cond.moon_illumination), np.float32)
+    if fringes.applies(cfg, exp):  # zi night-sky lines: additive fringes (sim.fringes)
+        light += fringes.fringe_electrons(cfg, exp, ccdid, qid, shape, cond.airmass)
     stars = sky.quadrant_stars(cfg.seed, exp, ccdid, qid, shape, cond.airmass)
     psf.render(light, stars.x, stars.y, stars.electrons, cond.fwhm_pix)
     return light * detector.sky_response(cfg.seed, ccdid, qid, shape)

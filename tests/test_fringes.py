@@ -1,0 +1,196 @@
+"""i-band fringes: injected by the simulator, learnt as a model, fitted and subtracted.
+
+The recovery test builds zi science quadrants of one CCD quadrant in memory at scale 16: raw
+quadrant rendered by the simulator, overscan/NL corrected, detrended with the noise-free master
+flat of the first night (the same flat for every exposure, so the truth is ``fringe_image`` at
+that date), IPAC-like mask of the simulator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from tests.helpers import build, luigi_settings
+from ztfluigi import camera, fringes, science
+from ztfluigi.corrections import correct_quadrant
+from ztfluigi.sim import detector, ipac, rawfile, truth
+from ztfluigi.sim import fringes as simfringes
+from ztfluigi.sim.schedule import SimConfig, night_log
+from ztfluigi.tasks.fringe import FringeModel, fringe_relpath, period_start
+
+START = dt.date(2019, 3, 1)
+NIGHTS = 12  #: × N_FIELDS zi exposures per night = 60 training quadrants (the default period's)
+N_FIELDS = 5
+CCDID, QID = 5, 3
+CFG = SimConfig(seed=0, scale=16, n_fields=N_FIELDS, fringes=True)
+
+
+def science_exposures(cfg: SimConfig, date: dt.date, filtercode: str) -> list:
+    return [e for e in night_log(cfg, date) if e.imgtype == "object" and e.filtercode == filtercode]
+
+
+@pytest.fixture(scope="module")
+def zi_quadrants():
+    """(science DN, IPAC mask, true fringe DN, raw name) of NIGHTS nights of zi exposures."""
+    shape = camera.quadrant_shape(CFG.scale)
+    bias = camera.assemble_ccd(
+        {q: detector.bias_structure(CFG.seed, CCDID, q, shape) for q in range(1, 5)}
+    )
+    flat, norm = truth.true_master_flat(CFG, START, CCDID, "zi")
+    fp = truth.true_focal_plane_level(CFG, START, "zi")
+    out = []
+    for i in range(NIGHTS):
+        date = START + dt.timedelta(days=i)
+        for exp in science_exposures(CFG, date, "zi"):
+            data, overscan = rawfile.render_quadrant(CFG, date, exp, CCDID, QID)
+            corrected = correct_quadrant(data, overscan, CCDID, QID, date)
+            sci, _ = science.detrend(corrected, science.quadrant_of(bias, QID),
+                                     science.quadrant_of(flat, QID), norm, fp)  # fmt: skip
+            mask = ipac.mask(CFG, date, exp, CCDID, QID)
+            fringe = simfringes.fringe_image(CFG, START, exp, CCDID, QID)
+            out.append((sci, mask, fringe, exp.raw_name(CCDID).filename))
+    return out
+
+
+# --- the simulator -------------------------------------------------------------------------------
+
+
+def test_fringes_touch_only_zi_science_raw_files():
+    """Switching fringes on changes zi science files only; zg, zr and the zi dome flat keep
+    their bytes (the switch is off by default, so default raw files are those of before)."""
+    date = dt.date(2019, 3, 31)
+    off = SimConfig(seed=0, scale=16, n_fields=1)
+    on = dataclasses.replace(off, fringes=True)
+    log = night_log(off, date)
+    exps = {f: science_exposures(off, date, f)[0] for f in ("zg", "zr", "zi")}
+    exps["flat"] = next(e for e in log if e.imgtype == "flat" and e.filtercode == "zi")
+    for name, exp in exps.items():
+        same = rawfile.render_raw_file(off, date, exp, 7) == rawfile.render_raw_file(
+            on, date, exp, 7)
+        assert same == (name != "zi"), name
+
+
+def test_fringe_light_is_additive_sky_light_of_zi_science():
+    date = dt.date(2019, 3, 31)
+    off = SimConfig(seed=0, scale=16, n_fields=1)
+    on = dataclasses.replace(off, fringes=True)
+    exp = science_exposures(off, date, "zi")[0]
+    shape = camera.quadrant_shape(16)
+    e_off = rawfile.expected_electrons(off, exp, CCDID, QID, shape)
+    e_on = rawfile.expected_electrons(on, exp, CCDID, QID, shape)
+    cond = rawfile.conditions(exp)
+    fringe_e = simfringes.fringe_electrons(on, exp, CCDID, QID, shape, cond.airmass)
+    response = detector.sky_response(0, CCDID, QID, shape)
+    np.testing.assert_allclose(e_on - e_off, fringe_e * response, atol=0.05)  # e⁻ (float32 sums)
+    assert simfringes.fringe_image(off, date, exp, CCDID, QID).max() == 0.0  # switch off: none
+
+
+def test_injected_pattern_scale_amplitude_and_determinism():
+    shape = camera.quadrant_shape(8)
+    modes = simfringes.fringe_modes(0, CCDID, QID, shape)
+    assert modes.shape == (len(simfringes.LINE_GROUPS_NM),) + shape
+    for mode in modes:
+        rms = np.sqrt(np.mean(mode**2))
+        assert abs(mode.mean()) < 0.1 * rms  # no power on the window scale
+        lag = [np.corrcoef(mode[:, :-d].ravel(), mode[:, d:].ravel())[0, 1]
+               + np.corrcoef(mode[:-d].ravel(), mode[d:].ravel())[0, 1]
+               for d in (1, 60)]  # fmt: skip
+        assert lag[0] > 1.9 and abs(lag[1]) < 1.0  # smooth on 1 px, decorrelated at 60 px
+    assert not np.array_equal(modes, simfringes.fringe_modes(0, CCDID, 4, shape))
+    exp = science_exposures(CFG, START, "zi")[0]
+    frac = simfringes.line_fractions(CFG, exp, CCDID, QID)
+    assert np.array_equal(frac, simfringes.line_fractions(CFG, exp, CCDID, QID))
+    # Peak amplitude of a few per cent of the dark sky over the period's exposures.
+    nights = [START + dt.timedelta(days=i) for i in range(NIGHTS)]
+    peaks = [simfringes.line_fractions(CFG, e, CCDID, QID).sum()
+             for night in nights for e in science_exposures(CFG, night, "zi")]  # fmt: skip
+    assert 0.01 < np.median(peaks) < 0.06
+
+
+# --- model and correction -----------------------------------------------------------------------
+
+
+def test_model_removes_injected_fringes(zi_quadrants):
+    """After correction the residual fringe (RMS over source-free pixels, against the truth) is
+    ≤ 10 % of the injected one, and the background RMS drops."""
+    maps = [fringes.fringe_map(s, m, n) for s, m, _, n in zi_quadrants]
+    qm = fringes.build_quadrant(QID, maps)
+    assert qm.modes.shape[0] == len(simfringes.LINE_GROUPS_NM)  # as many modes as line groups
+    assert 0.5 < qm.explained.sum() <= 1.0 and len(qm.inputs) == len(zi_quadrants)
+    injected, residual, before, after = [], [], [], []
+    for sci, mask, fringe, _ in zi_quadrants:
+        fit = fringes.correct(sci, mask, qm.modes)
+        good = ~fringes.bad_pixels(sci, mask)
+        injected.append(fringe[good] ** 2)
+        residual.append((fringe - (sci - fit.data))[good] ** 2)
+        before.append(np.std(sci[good]))
+        after.append(np.std(fit.data[good]))
+        assert np.array_equal(np.isnan(fit.data), np.isnan(sci))
+    ratio = np.sqrt(np.concatenate(residual).mean() / np.concatenate(injected).mean())
+    assert ratio <= 0.10, ratio
+    # Noise alone (σ²) + the fringe (f²) before, noise alone after: the drop the fringe explains.
+    noise2 = np.mean(np.square(after))
+    fringe2 = np.concatenate(injected).mean()
+    assert np.mean(np.square(before)) == pytest.approx(noise2 + fringe2, rel=0.05)
+    assert np.median(np.array(after) / np.array(before)) < 0.95
+
+
+def test_too_few_exposures_is_named(zi_quadrants):
+    maps = [fringes.fringe_map(s, m, n) for s, m, _, n in zi_quadrants[:5]]
+    with pytest.raises(fringes.TooFewExposures) as info:
+        fringes.build_quadrant(QID, maps)
+    assert info.value.n == 5 and info.value.needed == fringes.MIN_EXPOSURES
+
+
+def test_model_fits_round_trip_and_header_cards(zi_quadrants):
+    maps = [fringes.fringe_map(s, m, n) for s, m, _, n in zi_quadrants[:24]]
+    qm = fringes.build_quadrant(QID, maps, k=2, min_exposures=10)
+    model = fringes.FringeModel(CCDID, START, START + dt.timedelta(days=19), {QID: qm})
+    hdul = fringes.to_hdulist(model, {"PIPELINE": ("ztfluigi", "pipeline")})
+    back = fringes.from_hdulist(hdul)
+    assert back.ccdid == CCDID and (back.start, back.end) == (model.start, model.end)
+    np.testing.assert_array_equal(back.quadrants[QID].modes, qm.modes)
+    assert back.quadrants[QID].inputs == qm.inputs and back.k == qm.modes.shape[0]
+    assert hdul[1].header["EXPVAR"] == pytest.approx(qm.explained.sum())
+    sci, mask, _, _ = zi_quadrants[0]
+    fit = fringes.correct(sci, mask, back.quadrants[QID].modes)
+    cards = fringes.header_cards(fit, "model.fits")
+    assert cards["FRNGK"][0] == qm.modes.shape[0] and cards["FRNGC01"][0] == pytest.approx(
+        fit.coefficients[0], rel=1e-6)
+    with pytest.raises(fringes.FringeError):
+        fringes.correct(sci[:-2], mask[:-2], qm.modes)
+
+
+def test_upsampling_is_accurate_for_fringe_scales():
+    rows, cols = np.mgrid[:301, :300]
+    truth_img = np.cos(2 * np.pi * (0.6 * rows + 0.8 * cols) / 25.0).astype(np.float32)
+    up = fringes.upsample(truth_img[::2, ::2], truth_img.shape)
+    inner = (slice(4, -4), slice(4, -4))
+    assert np.abs(up - truth_img)[inner].max() < 0.005
+
+
+# --- the task ---------------------------------------------------------------------------------
+
+
+def test_periods_and_product_path():
+    start = period_start(dt.date(2019, 3, 31))
+    assert start <= dt.date(2019, 3, 31) < start + dt.timedelta(days=20)
+    assert period_start(start) == start
+    assert fringe_relpath(start, 5).endswith(f"ztfin2p3_{start:%Y%m%d}_020d_zi_c05_fringe.fits")
+    assert FringeModel.for_night(dt.date(2019, 3, 31), 5).date == start
+
+
+def test_task_fails_with_a_named_reason_when_too_few_exposures(luigi_store, caplog):
+    """One zi exposure per night: a 2-night period widened by one earlier period has 4."""
+    start = period_start(dt.date(2019, 3, 31), 2)
+    task = FringeModel(date=start, ccdid=5, window=2, max_widen=1)
+    with luigi_settings({"sim": {"fringes": "true"}}):
+        result = build(task)
+    assert not task.complete() and not result.scheduling_succeeded
+    assert "TooFewExposures" in caplog.text
+    assert f"nights {start - dt.timedelta(days=2)}..{start + dt.timedelta(days=1)}" in caplog.text
+    assert f"4 usable zi exposures, at least {fringes.MIN_EXPOSURES} needed" in caplog.text
