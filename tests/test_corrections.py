@@ -116,13 +116,118 @@ def test_pocket_correction_recovers_the_simulated_truth(imgtype):
     truth = rawfile.expected_electrons(cfg, exp, ccdid, qid, shape) / amp.gain
     truth += detector.bias_structure(0, ccdid, qid, shape)
     resid = {}
-    for switch in (False, True):
+    for switch in ("off", "auto"):
         corrected = corrections.correct_quadrant(data, over, ccdid, qid, date,
                                                  CorrectionSpec(pocket=switch))  # fmt: skip
         resid[switch] = camera.raw_to_read(corrected - truth, qid)
-    noise = resid[True].std() / np.sqrt(shape[0])  # error of a column mean
-    first_off, first_on = resid[False][:, 0].mean(), resid[True][:, 0].mean()
+    noise = resid["auto"].std() / np.sqrt(shape[0])  # error of a column mean
+    first_off, first_on = resid["off"][:, 0].mean(), resid["auto"][:, 0].mean()
     assert first_off < -20 * noise  # the pocket swallows charge at the start of each row
     assert abs(first_on) < max(10 * noise, 0.02 * abs(first_off))
-    assert resid[True].std() < 0.9 * resid[False].std()
-    assert CorrectionSpec().pocket is False  # off by default, as in production
+    assert resid["auto"].std() < 0.9 * resid["off"].std()
+
+
+def test_pocket_setting_resolution_and_header():
+    """auto = on from 2019-10-22 (where the effect exists), the default; bools still accepted."""
+    before, start = dt.date(2019, 10, 21), dt.date(2019, 10, 22)
+    assert CorrectionSpec().pocket == "auto"
+    assert not CorrectionSpec().pocket_applies(before) and CorrectionSpec().pocket_applies(start)
+    assert CorrectionSpec(pocket="on").pocket_applies(before)
+    assert not CorrectionSpec(pocket="off").pocket_applies(start)
+    assert CorrectionSpec(pocket=True).pocket == "auto"  # what pocket=True did: by date
+    assert CorrectionSpec(pocket=False).pocket == "off"
+    with pytest.raises(ValueError, match="pocket"):
+        CorrectionSpec(pocket="maybe")
+    for date, ran in ((before, "off"), (start, "on")):
+        resolved = CorrectionSpec().resolved(date)
+        assert resolved.pocket == ran
+        assert dict((k, v) for k, v, _ in resolved.header_cards())["POCKET"] == ran
+        assert resolved.resolved(date) == resolved
+
+
+def float32_ulps(a, b):
+    """Distance in float32 ulps (signed-magnitude order)."""
+
+    def key(x):
+        i = np.asarray(x, dtype=np.float32).view(np.int32).astype(np.int64)
+        return np.where(i < 0, -(i & 0x7FFFFFFF), i)
+
+    return np.abs(key(a) - key(b))
+
+
+@pytest.mark.parametrize("qid", [1, 2, 3, 4])
+def test_fused_pass_equals_the_step_by_step_numpy_corrections(qid):
+    """One compiled pass (overscan + NL + pocket) == the numpy steps: bitwise without the
+    pocket, ≤ 1 float32 ulp with it; every orientation, both orders, pocket on/off, a flat at
+    high level and a science frame of the pocket era on CCD 6."""
+    from ztfluigi.sim import rawfile, schedule
+
+    cfg, date, ccdid = schedule.SimConfig(scale=16), dt.date(2020, 1, 15), 6
+    for imgtype in ("flat", "object"):
+        exp = next(e for e in schedule.night_log(cfg, date) if e.imgtype == imgtype)
+        data, over = rawfile.render_quadrant(cfg, date, exp, ccdid, qid)
+        for spec in (CorrectionSpec(), CorrectionSpec(pocket="off"),
+                     CorrectionSpec(order="nl-first", nl_table="ccd_amp_coeff_v2")):  # fmt: skip
+            ref = corrections.correct_quadrant(data, over, ccdid, qid, date, spec, engine="numpy")
+            new = corrections.correct_quadrant(data, over, ccdid, qid, date, spec)
+            assert new.dtype == np.float32 and new.flags.c_contiguous
+            if spec.pocket_applies(date):
+                assert float32_ulps(new, ref)[np.abs(ref) >= 1e-3].max() <= 1
+                assert np.abs(new.astype(float) - ref)[np.abs(ref) < 1e-3].max(initial=0) < 1e-9
+            else:
+                np.testing.assert_array_equal(new, ref)
+    # float64 input (as the differential test passes it) and a CCD: same results
+    data, over = synthetic_quadrant(qid, signal=30000.0)
+    for spec in (CorrectionSpec(), CorrectionSpec(order="nl-first")):
+        np.testing.assert_array_equal(
+            corrections.correct_quadrant(data.astype(np.float64), over, 5, qid, DATE, spec),
+            corrections.correct_quadrant(data, over, 5, qid, DATE, spec, engine="numpy"),
+        )
+
+
+def test_fused_pass_errors_like_the_numpy_steps():
+    data, over = synthetic_quadrant(1)
+    bad = data.copy()
+    bad[3, 4] = 1e7  # outside the NL model's domain
+    for engine in ("numba", "numpy"):
+        with pytest.raises(ValueError, match="domain of the non-linearity"):
+            corrections.correct_quadrant(bad, over, 5, 1, DATE, engine=engine)
+    nan = data.copy()
+    nan[3, 4] = np.nan
+    for engine in ("numba", "numpy"):
+        with pytest.raises(ValueError, match="non-finite"):
+            corrections.correct_quadrant(nan, over, 5, 1, DATE, CorrectionSpec(pocket="on"),
+                                         engine=engine)  # fmt: skip
+    with pytest.raises(ValueError, match="engine"):
+        corrections.correct_quadrant(data, over, 5, 1, DATE, engine="cuda")
+
+
+def test_ccd_engines_agree():
+    data, over = {}, {}
+    for q in range(1, 5):
+        data[q], over[q] = synthetic_quadrant(q, signal=1000.0 * q, seed=q)
+    np.testing.assert_array_equal(corrections.correct_ccd(data, over, 7, DATE),
+                                  corrections.correct_ccd(data, over, 7, DATE, engine="numpy"))
+
+
+def test_detrend_quadrant_equals_science_detrend():
+    """The compiled (R − B)/F × k is bitwise science.detrend, bad flats included, on views."""
+    from ztfluigi import science
+
+    rng = np.random.default_rng(5)
+    shape = (64, 48)
+    r = rng.normal(3000, 300, shape).astype(np.float32)
+    bias = rng.normal(5, 2, shape).astype(np.float32)
+    flat = rng.normal(1, 0.05, shape).astype(np.float32)
+    flat[0, :4] = [0.0, -1.0, np.nan, np.inf]
+    ref, nbad = science.detrend(r, bias, flat, 3.1e4, 3.3e4)
+    new, nbad_new = corrections.detrend_quadrant(r, bias, flat, 3.3e4 / 3.1e4)
+    assert nbad == nbad_new == 4 and new.dtype == np.float32
+    np.testing.assert_array_equal(new, ref)  # NaN where ref is NaN, equal elsewhere
+    sky = np.zeros((128, 96), np.float32)
+    view = sky[64:, 48:][::-1, ::-1]  # a raw-oriented view of a sky-oriented master
+    view[...] = bias
+    np.testing.assert_array_equal(corrections.detrend_quadrant(r, view, flat, 3.3e4 / 3.1e4)[0],
+                                  ref)  # fmt: skip
+    with pytest.raises(ValueError, match="shape"):
+        corrections.detrend_quadrant(r, bias[1:], flat, 1.0)

@@ -272,3 +272,54 @@ def test_scalar_reference_is_finite_on_edge_cases():
     """Sanity of the test's own reference on the edge conventions (q > cmax, n < 0)."""
     ref, q = scalar_apply_row([3e6, 3e6, -5.0, 0.0], MILD)
     assert all(math.isfinite(v) for v in ref) and q >= 0
+
+
+# --------------------------------------------------------------------------- compiled engine
+
+
+def float32_ulps(a, b):
+    """Distance in float32 ulps (signed-magnitude order)."""
+
+    def key(x):
+        i = np.asarray(x, dtype=np.float32).view(np.int32).astype(np.int64)
+        return np.where(i < 0, -(i & 0x7FFFFFFF), i)
+
+    return np.abs(key(a) - key(b))
+
+
+def assert_float32_close(new, ref):
+    """≤ 1 float32 ulp where |ref| ≥ 1e-3 DN; < 1e-9 DN absolute below (rounding near zero)."""
+    small = np.abs(ref) < 1e-3
+    assert float32_ulps(new, ref)[~small].max(initial=0) <= 1
+    assert np.abs(np.asarray(new, float) - ref)[small].max(initial=0.0) < 1e-9
+
+
+@pytest.mark.parametrize("pars", [CCD6, MILD], ids=["ccd6", "mild"])
+def test_compiled_equals_numpy_inversion(pars):
+    """correct_compiled == correct to ≤ 1 float32 ulp (≤ 1e-9 DN where |value| < 1e-3 DN), on
+    identifiable and noisy low-signal rows, bright runs, q > cmax, rows not a multiple of LANES."""
+    rng = np.random.default_rng(3)
+    truth = synthetic_truth(nrows=37, ncols=300)
+    truth[0] = rng.normal(0, 8, truth.shape[1])  # bias-like: swallowed pixels, noise jumps
+    truth[1, 20:30] = -40.0
+    truth[2, 10:20] = 3e5  # above nmax of the mild amplifier
+    truth[3, :] = rng.normal(300, 20, truth.shape[1])
+    obs = pocket.apply(truth, pars)
+    ref, new = pocket.correct(obs, pars), pocket.correct_compiled(obs, pars)
+    assert new.dtype == ref.dtype == np.float64 and new.shape == ref.shape
+    assert_float32_close(new, ref)
+    assert np.abs(new - ref).max() < 1e-6  # float64: both converged to the same fixed point
+    # float32 in -> float32 out, a single row, and a non-default zero_tol
+    obs32 = obs.astype(np.float32)
+    assert pocket.correct_compiled(obs32, pars).dtype == np.float32
+    # a row alone (Newton steps are shared by a block of rows: float64 rounding differs)
+    assert_float32_close(pocket.correct_compiled(obs[5], pars), new[5])
+    ref3, new3 = pocket.correct(obs, pars, zero_tol=3.0), pocket.correct_compiled(obs, pars, 3.0)
+    assert_float32_close(new3, ref3)
+
+
+def test_compiled_rejects_non_finite():
+    row = np.full(50, 100.0)
+    row[10] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        pocket.correct_compiled(row, CCD6)

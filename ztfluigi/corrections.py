@@ -9,20 +9,31 @@ The reference pipeline (``reference_pipeline.md`` §2) and where we deliberately
 * order **overscan → non-linearity** (ztfimg HEAD; ≤ 0.19 did NL first): the NL coefficients
   apply to pedestal-free DN. ``order="nl-first"`` reproduces ztfimg ≤ 0.19 for comparisons;
 * non-linearity table chosen by the UT date of the file (switches 2019-10-23 and 2020-04-28);
-* pocket-effect correction off by default (as in production), on the read-oriented
-  [data | overscan] frame after overscan and NL.
+* pocket-effect correction (ztfsensors model, :mod:`ztfluigi.pocket`) on the read-oriented
+  [data | overscan] frame after overscan and NL, **on by default where the effect exists**
+  (``pocket="auto"``: UT dates ≥ 2019-10-22); production ztfin2p3 runs with it off.
+
+:func:`correct_quadrant` runs the three steps in **one compiled pass** (numba,
+``engine="numba"``, the default): float32 results bitwise equal to the step-by-step numpy
+implementation (``engine="numpy"``, kept as the reference) for overscan + NL, and within 1
+float32 ulp with the pocket correction (:func:`ztfluigi.pocket.correct_compiled`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import warnings
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ztfluigi import camera, nonlinearity, pocket
 
 ORDERS = ("overscan-first", "nl-first")
+POCKET_SETTINGS = ("auto", "on", "off")  #: auto = on for UT dates >= pocket.POCKET_START
+ENGINES = ("numba", "numpy")
 
 
 @dataclass(frozen=True)
@@ -34,11 +45,28 @@ class CorrectionSpec:
     overscan_clip: float = 3.0  #: rows beyond median ± clip × raw MAD are not fitted
     order: str = "overscan-first"
     nl_table: str | None = None  #: None = the table valid on the file's date
-    pocket: bool = False  #: correct the pocket effect (on dates it exists, ≥ 2019-10-22)
+    #: pocket-effect correction: "auto" (on for UT dates ≥ 2019-10-22, where the effect exists),
+    #: "on" (every date), "off". Booleans are accepted for compatibility: True → "auto" (what
+    #: ``pocket=True`` did before: correct on the dates it exists), False → "off".
+    pocket: str = "auto"
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
+        if isinstance(self.pocket, (bool, np.bool_)):
+            object.__setattr__(self, "pocket", "auto" if self.pocket else "off")
+        if self.pocket not in POCKET_SETTINGS:
+            raise ValueError(f"pocket must be one of {POCKET_SETTINGS}, got {self.pocket!r}")
+
+    def pocket_applies(self, date: dt.date) -> bool:
+        """Whether the pocket correction runs on a frame of this UT date (decided only here)."""
+        if self.pocket == "auto":
+            return pocket.is_active(date)
+        return self.pocket == "on"
+
+    def resolved(self, date: dt.date) -> CorrectionSpec:
+        """This spec with ``pocket`` resolved for a UT date ("on"/"off"): what runs, for headers."""
+        return dataclasses.replace(self, pocket="on" if self.pocket_applies(date) else "off")
 
     def header_cards(self) -> list[tuple[str, object, str]]:
         """FITS cards describing the corrections (provenance of every product built from raws)."""
@@ -49,7 +77,7 @@ class CorrectionSpec:
             ("OSCLIP", self.overscan_clip, "overscan rows clipped at median +- N raw MAD"),
             ("CORRORD", self.order, "order of overscan and non-linearity corrections"),
             ("NLTABLE", self.nl_table or "by-date", "non-linearity table"),
-            ("POCKET", self.pocket, "pocket-effect correction applied"),
+            ("POCKET", self.pocket, "pocket-effect correction (on/off; auto: by date)"),
         ]
 
 
@@ -89,11 +117,66 @@ def correct_quadrant(
     qid: int,
     date: dt.date,
     spec: CorrectionSpec = CorrectionSpec(),
+    *,
+    engine: str = "numba",
 ) -> np.ndarray:
-    """Overscan, non-linearity (and optionally pocket) corrected quadrant, raw orientation.
+    """Overscan, non-linearity (and pocket, see :meth:`CorrectionSpec.pocket_applies`)
+    corrected quadrant, raw orientation, float32.
 
-    Arithmetic stays in float64 and is rounded to float32 once, at the end.
+    Arithmetic stays in float64 and is rounded to float32 once, at the end. ``engine="numba"``
+    does it in one compiled pass (bitwise equal to ``"numpy"`` without pocket, ≤ 1 float32 ulp
+    with it); ``"numpy"`` is the step-by-step reference.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "numpy":
+        return _correct_quadrant_numpy(data, overscan, ccdid, qid, date, spec)
+    a, b = nonlinearity.coefficients(ccdid, qid, date, table=spec.nl_table)
+    model = overscan_model(
+        overscan_profile(overscan, qid, spec.overscan_columns), spec.overscan_terms,
+        spec.overscan_clip,
+    )  # fmt: skip
+    data = np.asarray(data)
+    overscan = np.asarray(overscan)
+    out = np.empty(data.shape, dtype=np.float32)
+    nl_first = spec.order == "nl-first"
+    if spec.pocket_applies(date):
+        pars = pocket.parameters(ccdid, qid)
+        bad, nonfinite, unconverged = _fused_pocket(
+            data, overscan, model, float(a), float(b), nl_first, qid in (2, 3),
+            pars.alpha, pars.cmax, pars.beta, pars.nmax, out,
+        )  # fmt: skip
+        if nonfinite:
+            raise ValueError(
+                f"pocket model input contains {nonfinite} non-finite value(s) (they would "
+                "propagate along the rest of the row)"
+            )
+        if unconverged:
+            warnings.warn(
+                f"pocket correction c{ccdid:02d} q{qid}: Newton did not converge in "
+                f"{unconverged} block column(s)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    else:
+        bad = _fused(data, model, float(a), float(b), nl_first, out)
+    if bad:
+        raise ValueError(
+            f"{bad} measured value(s) outside the domain of the non-linearity model "
+            f"(A={a!r}, B={b!r}: A x² + B x + 1 must be > 0)"
+        )
+    return out
+
+
+def _correct_quadrant_numpy(
+    data: np.ndarray,
+    overscan: np.ndarray,
+    ccdid: int,
+    qid: int,
+    date: dt.date,
+    spec: CorrectionSpec,
+) -> np.ndarray:
+    """The step-by-step numpy implementation (reference of the compiled pass)."""
     a, b = nonlinearity.coefficients(ccdid, qid, date, table=spec.nl_table)
     data, overscan = data.astype(np.float64), overscan.astype(np.float64)
     if spec.order == "nl-first":
@@ -103,7 +186,7 @@ def correct_quadrant(
         data, overscan = subtract_overscan(data, overscan, qid, spec)
         data = nonlinearity.correct(data, a, b)
         overscan = nonlinearity.correct(overscan, a, b)
-    if spec.pocket and pocket.is_active(date):
+    if spec.pocket_applies(date):
         frame = np.hstack([camera.raw_to_read(data, qid), camera.raw_to_read(overscan, qid)])
         frame = pocket.correct(frame, pocket.parameters(ccdid, qid))
         data = camera.read_to_raw(frame[:, : data.shape[1]], qid)
@@ -116,7 +199,129 @@ def correct_ccd(
     ccdid: int,
     date: dt.date,
     spec: CorrectionSpec = CorrectionSpec(),
+    *,
+    engine: str = "numba",
 ) -> np.ndarray:
     """All four quadrants corrected and assembled into a sky-oriented CCD array (float32)."""
-    quads = {q: correct_quadrant(data[q], overscan[q], ccdid, q, date, spec) for q in range(1, 5)}
+    quads = {
+        q: correct_quadrant(data[q], overscan[q], ccdid, q, date, spec, engine=engine)
+        for q in range(1, 5)
+    }
     return camera.assemble_ccd(quads)
+
+
+def detrend_quadrant(
+    raw_corrected: np.ndarray, bias: np.ndarray, flat: np.ndarray, factor: float
+) -> tuple[np.ndarray, int]:
+    """``(R − B) / F × factor`` in one compiled pass (float32), and the number of bad flat pixels.
+
+    ``factor`` is ``FLTNORM_FP / FLTNORM``. Bitwise equal to :func:`ztfluigi.science.detrend`
+    (the same float32 operations in the same order, ``factor`` rounded to float32 first; flat
+    pixels ≤ 0 or non-finite give NaN) without its five temporaries. Any orientation, as long
+    as the three arrays share it: the raw-oriented views of sky-oriented masters are fine.
+    """
+    r = np.asarray(raw_corrected)
+    if np.shape(bias) != r.shape or np.shape(flat) != r.shape:
+        raise ValueError(
+            f"shape mismatch: raw {r.shape}, bias {np.shape(bias)}, flat {np.shape(flat)}"
+        )
+    out = np.empty(r.shape, dtype=np.float32)
+    nbad = _detrend(r, np.asarray(bias), np.asarray(flat), np.float32(factor), out)
+    return out, int(nbad)
+
+
+# --- compiled kernels ------------------------------------------------------------------------
+#
+# The float64 operations are those of the numpy path, in the same order (LLVM does not contract
+# them into FMAs without fastmath), hence the bitwise equality without pocket.
+
+
+def _jit(func):  # noqa: ANN001, ANN202
+    try:
+        return numba.njit(cache=True, nogil=True, error_model="numpy")(func)
+    except RuntimeError:  # "cannot cache function …: no locator available"
+        return numba.njit(nogil=True, error_model="numpy")(func)
+
+
+@_jit
+def _fused(data, model, a, b, nl_first, out):  # noqa: ANN001, ANN202
+    """Overscan + NL, raw orientation; returns the number of values outside the NL domain."""
+    nrows, ncols = data.shape
+    bad = 0
+    for i in range(nrows):
+        m = model[i]
+        for j in range(ncols):
+            x = np.float64(data[i, j])
+            if not nl_first:
+                x = x - m
+            den = (a * x + b) * x + 1.0
+            bad += 1 if den <= 0.0 else 0
+            v = x / den
+            if nl_first:
+                v = v - m
+            out[i, j] = np.float32(v)
+    return bad
+
+
+@_jit
+def _fused_pocket(  # noqa: ANN202
+    data, overscan, model, a, b, nl_first, flip_cols, alpha, cmax, beta, nmax, out  # noqa: ANN001
+):
+    """Overscan + NL + pocket: blocks of rows laid out in read order, corrected, written back.
+
+    Returns (values outside the NL domain, non-finite pocket inputs, unconverged columns).
+    """
+    nrows, ncols = data.shape
+    nover = overscan.shape[1]
+    lanes = pocket.LANES
+    buf = np.empty((ncols + nover, lanes))
+    work = np.empty((7, lanes))
+    bad = 0
+    nonfinite = 0
+    unconverged = 0
+    for i0 in range(0, nrows, lanes):
+        nl = min(lanes, nrows - i0)
+        for lane in range(nl):
+            i = i0 + lane
+            m = model[i]
+            for c in range(ncols + nover):
+                if c < ncols:
+                    x = np.float64(data[i, ncols - 1 - c if flip_cols else c])
+                    apply_nl = True
+                else:
+                    k = c - ncols
+                    x = np.float64(overscan[i, nover - 1 - k if flip_cols else k])
+                    apply_nl = not nl_first  # nl-first: the overscan is not NL-corrected
+                if not nl_first:
+                    x = x - m
+                if apply_nl:
+                    den = (a * x + b) * x + 1.0
+                    bad += 1 if den <= 0.0 else 0
+                    x = x / den
+                if nl_first:
+                    x = x - m
+                nonfinite += 0 if np.isfinite(x) else 1
+                buf[c, lane] = x
+        if nonfinite:
+            return bad, nonfinite, unconverged
+        unconverged += pocket._correct_block(buf, nl, alpha, cmax, beta, nmax, 0.01, work)
+        for lane in range(nl):
+            i = i0 + lane
+            for c in range(ncols):
+                out[i, ncols - 1 - c if flip_cols else c] = np.float32(buf[c, lane])
+    return bad, nonfinite, unconverged
+
+
+@_jit
+def _detrend(r, bias, flat, factor, out):  # noqa: ANN001, ANN202
+    """science.detrend's float32 operations, pixel by pixel; returns the bad-flat count."""
+    nrows, ncols = r.shape
+    nbad = 0
+    for i in range(nrows):
+        for j in range(ncols):
+            f = np.float32(flat[i, j])
+            good = np.isfinite(f) and f > np.float32(0.0)
+            v = (np.float32(r[i, j]) - np.float32(bias[i, j])) / f
+            out[i, j] = v * factor if good else np.float32(np.nan)
+            nbad += 0 if good else 1
+    return nbad

@@ -23,8 +23,12 @@ column index, shape ``(nrows, ncols + 30)``; orientation changes live in the cam
 are expected overscan-subtracted and NL-corrected (the overscan columns too), in DN.
 
 The effect is active (simulated / corrected) only for UT dates ≥ :data:`POCKET_START`, as in
-ztfin2p3. Pure numpy; for a (3080, 3102) frame :func:`apply` takes ≈ 0.2 s and :func:`correct`
-≈ 0.55 s (one core).
+ztfin2p3. :func:`apply` and :func:`correct` are numpy (the reference of this module); for a
+(3080, 3102) frame they take ≈ 0.2 s and ≈ 0.5 s on one core. :func:`correct_compiled` is the
+same inversion compiled with numba (``bench/bench_pocket.py``: ≈ 3× faster), equal to
+:func:`correct` to ≤ 1 float32 ulp (identical in practice; below 1e-3 DN the two differ by
+< 1e-12 DN absolute). :func:`ztfluigi.corrections.correct_quadrant` runs the compiled kernel
+inside its fused overscan + non-linearity pass.
 """
 
 from __future__ import annotations
@@ -35,15 +39,20 @@ import functools
 import importlib.resources
 import math
 import warnings
+from collections.abc import Callable
 
+import numba
 import numpy as np
 import yaml
+from numba.core import types as nbtypes
+from numba.extending import intrinsic
 
 __all__ = [
     "POCKET_START",
     "PocketParameters",
     "apply",
     "correct",
+    "correct_compiled",
     "is_active",
     "load_parameters",
     "parameters",
@@ -281,6 +290,212 @@ def correct(
             stacklevel=2,
         )
     return result.T.astype(out_dtype).reshape(shape)
+
+
+def correct_compiled(
+    observed_read_frame: np.ndarray, pars: PocketParameters, zero_tol: float = 0.01
+) -> np.ndarray:
+    """:func:`correct` compiled (numba): same inversion, same ``zero_tol`` semantics.
+
+    ``LANES`` rows are corrected together (one SIMD lane each), column by column in read order;
+    power functions are a vectorisable exp/log of ≈ 1 float64 ulp, the Newton start is the
+    previous pixel's fill (bounded below by ``n*``, where the Newton map is safe) and each column
+    of a block iterates until the predicted error ``f''/(2f') step²`` is below 1e-13 of the
+    pixel (float64 rounding level). float32 results equal :func:`correct`'s to ≤ 1 ulp. A
+    RuntimeWarning is issued if some column does not converge in 60 steps (never seen).
+
+    Parameters and return as :func:`correct` (read-oriented 1-D or 2-D frame, DN; float
+    input dtype kept, float32 otherwise).
+    """
+    if not zero_tol >= 0:
+        raise ValueError(f"need zero_tol >= 0: {zero_tol}")
+    frame, shape, out_dtype = _prepare(observed_read_frame)
+    out = np.empty(frame.shape, dtype=out_dtype)
+    unconverged = _correct_frame(
+        frame, out, pars.alpha, pars.cmax, pars.beta, pars.nmax, float(zero_tol)
+    )
+    if unconverged:
+        warnings.warn(
+            f"pocket.correct_compiled: Newton did not converge in {unconverged} block column(s)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return out.reshape(shape)
+
+
+# --------------------------------------------------------------------------- compiled kernel
+#
+# Rows are independent: LANES rows are corrected together, column by column in read order, so
+# that every step is a loop over the lanes without branches or calls, which LLVM vectorises.
+# math.pow/exp/log are library calls (not vectorised); _exp and _log below are, and are accurate
+# to ~1 float64 ulp (max relative error 5e-16 and 2.2e-16 over the pocket's range).
+
+LANES = 16  #: rows corrected together by the compiled kernel
+_MAX_STEPS = 60  #: Newton steps per column before giving up (a warning)
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.4426950408889634
+_SQRT2 = 1.4142135623730951
+_ROUND = 6755399441055744.0  #: 1.5 * 2**52: (y + _ROUND) - _ROUND rounds y to an integer
+
+
+@intrinsic
+def _as_int64(typingctx, x):  # noqa: ANN001, ANN202 (numba intrinsic)
+    """Bits of a float64 as an int64 (no conversion)."""
+    sig = nbtypes.int64(nbtypes.float64)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        return builder.bitcast(args[0], context.get_value_type(nbtypes.int64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _as_float64(typingctx, x):  # noqa: ANN001, ANN202 (numba intrinsic)
+    """An int64's bits as a float64 (no conversion)."""
+    sig = nbtypes.float64(nbtypes.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        return builder.bitcast(args[0], context.get_value_type(nbtypes.float64))
+
+    return sig, codegen
+
+
+def _jit(**options: object) -> Callable[[Callable], Callable]:
+    """``numba.njit`` with numpy's error model (no zero-division branches: vectorisable)."""
+
+    def wrap(func: Callable) -> Callable:
+        try:
+            return numba.njit(cache=True, error_model="numpy", **options)(func)
+        except RuntimeError:  # "cannot cache function …: no locator available"
+            return numba.njit(error_model="numpy", **options)(func)
+
+    return wrap
+
+
+@_jit(inline="always")
+def _exp(y: float) -> float:
+    """exp(y) for y clamped to [-700, 700]: Cody-Waite reduction, degree-12 Taylor."""
+    y = min(max(y, -700.0), 700.0)
+    kf = (y * _INV_LN2 + _ROUND) - _ROUND
+    r = (y - kf * _LN2_HI) - kf * _LN2_LO
+    p = 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * _as_float64((np.int64(kf) + 1023) << 52)
+
+
+@_jit(inline="always")
+def _log(x: float) -> float:
+    """log(x) for x floored at 1e-300: exponent bits + atanh series on [1/√2, √2)."""
+    x = max(x, 1e-300)
+    bits = _as_int64(x)
+    m = _as_float64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)
+    big = m > _SQRT2
+    m = m * 0.5 if big else m
+    e = np.float64((bits >> 52) - 1023 + (1 if big else 0))
+    f = m - 1.0
+    s = f / (2.0 + f)
+    s2 = s * s
+    p = 1.0 / 19.0
+    p = p * s2 + 1.0 / 17.0
+    p = p * s2 + 1.0 / 15.0
+    p = p * s2 + 1.0 / 13.0
+    p = p * s2 + 1.0 / 11.0
+    p = p * s2 + 1.0 / 9.0
+    p = p * s2 + 1.0 / 7.0
+    p = p * s2 + 1.0 / 5.0
+    p = p * s2 + 1.0 / 3.0
+    return e * _LN2_HI + (e * _LN2_LO + (2.0 * s + 2.0 * s * s2 * p))
+
+
+@_jit(nogil=True)
+def _correct_block(buf, nlanes, alpha, cmax, beta, nmax, zero_tol, work):  # noqa: ANN001, ANN202
+    """Invert the pocket model in place on ``buf`` (ncols, LANES): read-order columns × rows.
+
+    ``work`` is a (7, LANES) float64 scratch array. Returns the number of columns whose Newton
+    iteration did not converge. Semantics of :func:`correct` (one Gauss-Seidel sweep).
+    """
+    ncols = buf.shape[0]
+    log_k = math.log(cmax) - beta * math.log(nmax)
+    inv_1mb = 1.0 / (1.0 - beta)
+    half_curv = 0.5 * beta * (1.0 - beta)
+    q, w, c, t, n, flush, crit = work[0], work[1], work[2], work[3], work[4], work[5], work[6]
+    unconverged = 0
+    for lane in range(nlanes):
+        q[lane] = 0.0
+        w[lane] = 0.0
+    for j in range(ncols):
+        for lane in range(nlanes):
+            ql = q[lane]
+            x = ql / cmax
+            fl = cmax * _exp(alpha * _log(x))
+            fl = min(fl, ql) if ql > 0.0 else 0.0
+            omx = max(1.0 - x, 0.0)
+            log_c = log_k + alpha * _log(omx)
+            cl = _exp(log_c) if omx > 0.0 else 0.0
+            tl = buf[j, lane] - fl
+            # Newton start: last pixel's fill, but not below n* = c**(1/(1-beta)) (f' > 0 there)
+            n[lane] = max(max(tl, zero_tol) + w[lane], _exp(log_c * inv_1mb))
+            flush[lane] = fl
+            c[lane] = cl
+            t[lane] = tl
+        for _ in range(_MAX_STEPS):
+            for lane in range(nlanes):
+                nv = n[lane]
+                cnb = c[lane] * _exp(beta * _log(nv))
+                fprime = 1.0 - beta * cnb / nv
+                step = (nv - cnb - max(t[lane], zero_tol)) / fprime
+                n[lane] = nv - step
+                # predicted error after the step, relative to the pixel (only charged pixels)
+                size = max(nv, 1.0)
+                err = half_curv * cnb / (nv * nv * fprime) * step * step
+                crit[lane] = max(abs(step) * 1e-11, err) / size if t[lane] > zero_tol else 0.0
+            worst = 0.0
+            for lane in range(nlanes):
+                worst = max(worst, crit[lane])
+            if worst < 1e-13:
+                break
+        else:
+            unconverged += 1
+        for lane in range(nlanes):
+            tl = t[lane]
+            charged = tl > zero_tol
+            nv = n[lane] if charged else min(tl, 0.0)
+            fill = nv - tl if charged else 0.0
+            buf[j, lane] = nv
+            w[lane] = fill
+            q[lane] = max(q[lane] - flush[lane] + fill, 0.0)
+    return unconverged
+
+
+@_jit(nogil=True)
+def _correct_frame(obs, out, alpha, cmax, beta, nmax, zero_tol):  # noqa: ANN001, ANN202
+    """:func:`_correct_block` over row blocks of a 2-D read-oriented frame; ``out`` same shape."""
+    nrows, ncols = obs.shape
+    buf = np.empty((ncols, LANES))
+    work = np.empty((7, LANES))
+    unconverged = 0
+    for i0 in range(0, nrows, LANES):
+        nlanes = min(LANES, nrows - i0)
+        for j in range(ncols):
+            for lane in range(nlanes):
+                buf[j, lane] = obs[i0 + lane, j]
+        unconverged += _correct_block(buf, nlanes, alpha, cmax, beta, nmax, zero_tol, work)
+        for lane in range(nlanes):
+            for j in range(ncols):
+                out[i0 + lane, j] = buf[j, lane]
+    return unconverged
 
 
 def _prepare(arr: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], np.dtype]:
