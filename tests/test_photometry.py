@@ -552,7 +552,8 @@ def quadrant():
 def test_photometry_catalogue(quadrant):
     q = quadrant
     meta = {"rawfile": "ztf_20190331xxx_c13_o.fits.fz", "radii": "caller value is replaced"}
-    table = ph.photometry_catalogue(q["image"], q["mask"], q["header"], q["refcat"], metadata=meta)
+    table = ph.photometry_catalogue(q["image"], q["mask"], q["header"], q["refcat"], metadata=meta,
+                                    spec=ph.PhotometrySpec.reference())  # fmt: skip
     assert table.schema.remove_metadata() == ph.catalogue_schema().remove_metadata()
     # footprint: the reference's rule on the WCS positions
     assert table.num_rows == q["inside"].sum()
@@ -590,8 +591,9 @@ def test_photometry_catalogue(quadrant):
     n_grid = len(q["x"]) - 7
     assert not iso[sid[n_grid]]
     ref_like = ph.photometry_catalogue(
-        q["image"], q["mask"], q["header"], q["refcat"], isolation_scope="footprint"
-    )
+        q["image"], q["mask"], q["header"], q["refcat"], isolation_scope="footprint",
+        spec=ph.PhotometrySpec.reference(),
+    )  # fmt: skip
     assert ref_like["isolated"].to_numpy()[ref_like["source_id"].to_numpy() == sid[n_grid]][0]
     # metadata
     md = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
@@ -619,3 +621,133 @@ def test_photometry_catalogue_empty_and_errors(quadrant):
         )
     with pytest.raises(ValueError, match="radii"):
         ph.aperture_photometry(q["image"], None, [1.0], [1.0], [], 1.0, None)
+
+
+# ------------------------------------------------------------------------------------------
+# PhotometrySpec: the reference kept bit for bit, the default path
+# ------------------------------------------------------------------------------------------
+
+
+def reference_chain(image, mask, header, refcat, gain):
+    """The reference's photometry straight from sep (ztfin2p3 aperture.py + ztfluigi's flags
+    1/64 and Poisson term), independent of photometry_catalogue's code paths."""
+    nrows, ncols = image.shape
+    x_raw, y_raw = WCS(header).all_world2pix(refcat["ra"].to_numpy(), refcat["dec"].to_numpy(), 0)
+    x, y = ncols - 1.0 - x_raw, nrows - 1.0 - y_raw
+    inside = (x >= 0) & (x <= ncols) & (y >= 0) & (y <= nrows)
+    x, y = x[inside], y[inside]
+    sky = np.ascontiguousarray(image[::-1, ::-1], dtype=np.float32)
+    smask = mask[::-1, ::-1]
+    bkg = sep.Background(sky, mask=np.ascontiguousarray((smask & 8191) != 0), bw=192, bh=220)
+    sub = sky - bkg.back()
+    bad = np.ascontiguousarray(((smask & 6141) != 0) | ~np.isfinite(sub))
+    r = np.asarray(ph.RADII, float)[:, None]
+    flux, ebkg, flag = sep.sum_circle(sub, x, y, r, err=bkg.rms(), mask=bad, subpix=0)
+    off = (x - r < -0.5) | (x + r > ncols - 0.5) | (y - r < -0.5) | (y + r > nrows - 0.5)
+    flag = flag.astype(np.uint8) | np.where(off, 1, 0).astype(np.uint8)
+    flag |= np.where(np.isfinite(flux), 0, 64).astype(np.uint8)
+    area = sep.sum_circle(np.ones_like(sub), x, y, r, subpix=0)[0]
+    area_bad = sep.sum_circle(bad.astype(np.float32), x, y, r, subpix=0)[0]
+    q = np.where((flag & 32) != 0, area / (area - area_bad), 1.0)
+    err = np.sqrt((ebkg**2 + np.maximum(np.nan_to_num(flux), 0) / gain) * q)
+    return flux, err, ebkg, flag
+
+
+def test_reference_spec_reproduces_the_reference_chain(quadrant):
+    q = quadrant
+    table = ph.photometry_catalogue(q["image"], q["mask"], q["header"], q["refcat"],
+                                    spec=ph.PhotometrySpec.reference())  # fmt: skip
+    flux, err, ebkg, flag = reference_chain(q["image"], q["mask"], q["header"], q["refcat"], GAIN)
+    for k in range(len(ph.RADII)):
+        assert np.array_equal(table[f"f_{k}"].to_numpy(), flux[k].astype(np.float32),
+                              equal_nan=True)  # fmt: skip
+        assert np.array_equal(table[f"f_{k}_ebkg"].to_numpy(), ebkg[k].astype(np.float32),
+                              equal_nan=True)  # fmt: skip
+        np.testing.assert_allclose(table[f"f_{k}_e"].to_numpy(), err[k], rtol=1e-6)
+        assert np.array_equal(table[f"f_{k}_f"].to_numpy(), flag[k])
+    md = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert md["photometry.PHAPER"] == "sep" and md["photometry.PHBACK"] == "sep"
+    assert "2" not in json.loads(md["flag_bits"])
+
+
+def test_spec_cards_and_validation():
+    spec = ph.PhotometrySpec()
+    assert (spec.apertures, spec.background, spec.saturation) == ("exact", "starmasked", True)
+    cards = dict((k, v) for k, v, _ in spec.header_cards())
+    assert cards["PHAPER"] == "exact" and cards["PHSMR20"] == 8.0
+    assert all(len(k) <= 8 for k in cards)
+    assert spec.metadata()["photometry.PHBACK"] == "starmasked"
+    ref = ph.PhotometrySpec.reference()
+    assert (ref.apertures, ref.background, ref.saturation) == ("sep", "sep", False)
+    with pytest.raises(ValueError, match="saturation"):
+        ph.PhotometrySpec(apertures="sep")
+    with pytest.raises(ValueError, match="background"):
+        ph.PhotometrySpec(background="median")
+    r = ph.star_mask_radius(np.array([30.0, 21.0, 20.0, 15.0, 5.0, np.nan]))
+    np.testing.assert_allclose(r, [3.0, 8 * 10**-0.08, 8.0, 8 * 10**0.4, 40.0, 3.0])
+
+
+def test_default_spec_exact_sums_equal_the_reference_sums(quadrant):
+    """Same background (sep's), exact engine without saturation: sums equal sep's ≤ 1e-12."""
+    q = quadrant
+    mixed = ph.PhotometrySpec(apertures="exact", background="sep", saturation=False)
+    a = ph.photometry_catalogue(q["image"], q["mask"], q["header"], q["refcat"], spec=mixed)
+    b = ph.photometry_catalogue(q["image"], q["mask"], q["header"], q["refcat"],
+                                spec=ph.PhotometrySpec.reference())  # fmt: skip
+    for k in range(len(ph.RADII)):
+        for col in (f"f_{k}", f"f_{k}_e", f"f_{k}_ebkg"):
+            np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-6)
+        fa, fb = a[f"f_{k}_f"].to_numpy(), b[f"f_{k}_f"].to_numpy()
+        assert np.array_equal((fa & 1) != 0, (fb & 1) != 0)
+        assert np.array_equal((fa & 16) != 0, (fa & 1) != 0)  # exact truncation
+        assert np.all((fb & 32)[(fa & 32) != 0])  # ours ⊆ sep's
+
+
+def test_default_spec_flags_saturation_without_rescaling(quadrant):
+    q = quadrant
+    nrows, ncols = q["shape"]
+    x_raw, y_raw = q["x"][q["inside"]], q["y"][q["inside"]]
+    peak = q["image"][np.clip(np.round(y_raw).astype(int), 0, nrows - 1),
+                      np.clip(np.round(x_raw).astype(int), 0, ncols - 1)]  # fmt: skip
+    level = float(np.median(peak))  # DN: half of the (equal) stars have a core above it
+    header = q["header"].copy()
+    header["SATURATE"] = level
+    table = ph.photometry_catalogue(q["image"], q["mask"], header, q["refcat"])
+    flags = table["f_9_f"].to_numpy()
+    sat = (flags & ph.FLAG_SATURATED) != 0
+    assert sat[peak > level].all() and sat.sum() >= 10
+    assert np.all(flags[sat] & ph.APER_HASMASKED)
+    # the flux is the unmasked sum, not scaled up: below the unsaturated stars' median
+    f12 = table["f_9"].to_numpy()
+    clean = flags == 0
+    assert np.all(f12[sat] < np.median(f12[clean]))
+    md = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert "2" in json.loads(md["flag_bits"]) and float(md["saturate"]) == level
+    assert md["photometry.PHAPER"] == "exact" and md["photometry.PHSATUR"] == "True"
+    # star 0 has the IPAC saturated bit: flag 2 even without SATURATE
+    plain = ph.photometry_catalogue(q["image"], q["mask"], q["header"], q["refcat"])
+    assert plain["f_9_f"].to_numpy()[0] == ph.FLAG_SATURATED | ph.APER_HASMASKED
+
+
+def test_flag_32_only_for_masked_pixels_inside_the_circle():
+    data = np.full((60, 60), 5.0, np.float32)
+    mask = np.zeros((60, 60), np.int16)
+    mask[24, 19] = 1 << 4  # noisy; 4.68 px from the centre, nearest corner 4.003 px > r = 4
+    x, y = [21.35], [19.95]
+    ref = ph.aperture_photometry(data, mask, x, y, [4.0], 1.0, None, frame="raw")
+    new = ph.aperture_photometry(data, mask, x, y, [4.0], 1.0, None, spec=ph.PhotometrySpec())
+    assert ref["flag"][0, 0] == ph.APER_HASMASKED and new["flag"][0, 0] == 0
+    np.testing.assert_allclose(new["flux"], ref["flux"], rtol=1e-12)
+
+
+def test_big_endian_mask_reads_the_same_bits():
+    """FITS masks are big-endian: bit 1 (source) must not be read as bit 9 (dead)."""
+    data = np.full((40, 40), 5.0, np.float32)
+    mask = np.zeros((40, 40), np.int16)
+    mask[18:23, 18:23] = 1 << 1
+    for spec in (None, ph.PhotometrySpec()):
+        a = ph.aperture_photometry(data, mask, [20.0], [20.0], [3.0], 1.0, None, spec=spec)
+        b = ph.aperture_photometry(data, mask.astype(">i2"), [20.0], [20.0], [3.0], 1.0, None,
+                                   spec=spec)  # fmt: skip
+        assert a["flag"][0, 0] == b["flag"][0, 0] == 0
+        assert np.array_equal(a["flux"], b["flux"])

@@ -1,0 +1,271 @@
+"""One-pass exact aperture kernel (ztfluigi.apertures) against sep 1.4 and photutils exact, on
+synthetic images and on the real IPAC quadrant shipped in the ztfimg 0.19.0 sdist."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sep
+from astropy.io import fits
+from photutils import aperture as photutils_aperture
+from photutils.geometry import circular_overlap_grid
+
+from tests.reference_env import cache_dir, clean_env
+from ztfluigi import apertures as ap
+from ztfluigi import photometry as ph
+
+RADII = np.asarray(ph.RADII, dtype=float)
+TOL = 1e-12  #: |ours − theirs| ≤ TOL × Σ |pixel| × overlap (relative for positive images)
+
+
+def abs_scale(data, x, y, radii, mask=None):
+    """Σ |pixel| × overlap per aperture: the scale of rounding of a sum of signed pixels."""
+    return ap.circular_apertures(np.abs(np.nan_to_num(data)), x, y, radii).sum
+
+
+def sep_sums(data, x, y, radii, err=None, bad=None):
+    return sep.sum_circle(np.ascontiguousarray(data, np.float32), x, y, np.asarray(radii)[:, None],
+                          err=err, mask=bad, subpix=0)  # fmt: skip
+
+
+def rescaled(res):
+    """sep's returned flux and error from the kernel's unmasked sums (q = area / unmasked)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = res.area / (res.area - res.masked_area)
+    return res.sum * q, np.sqrt(res.var * q)
+
+
+@pytest.fixture(scope="module")
+def field():
+    rng = np.random.default_rng(5)
+    shape = (300, 320)
+    data = rng.normal(0.0, 10.0, shape).astype(np.float32)  # background-subtracted-like
+    err = rng.uniform(1, 3, shape).astype(np.float32)
+    mask = np.where(rng.uniform(size=shape) < 0.02, 1 << 8, 0).astype(np.int16)
+    mask[rng.uniform(size=shape) < 0.02] |= 1 << 1  # source bit: not excluded by MASK_PHOT
+    x = rng.uniform(-15, 335, 3000)
+    y = rng.uniform(-15, 315, 3000)
+    x[:6] = [10, 10.5, -0.4, 319.4, 100.25, 150.0]  # centres, edges, overhangs
+    y[:6] = [10, 20.5, 50, 50, 299.6, 150.0]
+    return {"data": data, "err": err, "mask": mask, "x": x, "y": y}
+
+
+def test_overlap_equals_photutils_exact():
+    for r in (0.3, 1.0, 2.5, 3.0, 7.3, 12.0):
+        for cx, cy in ((0.0, 0.0), (0.5, 0.5), (0.27, -0.41), (-0.5, 0.13)):
+            n = int(np.ceil(r)) + 2
+            grid = np.arange(-n, n + 1)
+            dx, dy = np.meshgrid(grid - cx, grid - cy)
+            ours = ap.circular_overlap(dx, dy, r)
+            theirs = circular_overlap_grid(grid[0] - cx - 0.5, grid[-1] - cx + 0.5,
+                                           grid[0] - cy - 0.5, grid[-1] - cy + 0.5,
+                                           grid.size, grid.size, r, 1, 1)  # fmt: skip
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-13)
+            np.testing.assert_allclose(ours.sum(), np.pi * r * r, rtol=1e-13)
+
+
+def test_sums_errors_and_flags_equal_sep(field):
+    f = field
+    bad = (f["mask"] & ph.MASK_PHOT) != 0
+    res = ap.circular_apertures(f["data"], f["x"], f["y"], RADII, err=f["err"], mask=f["mask"],
+                                bits=ph.MASK_PHOT)  # fmt: skip
+    flux, ferr, flag = sep_sums(f["data"], f["x"], f["y"], RADII, err=f["err"], bad=bad)
+    ours_flux, ours_err = rescaled(res)
+    scale = abs_scale(f["data"], f["x"], f["y"], RADII)
+    both = np.isfinite(flux)
+    assert np.array_equal(both, np.isfinite(ours_flux))
+    assert both.mean() > 0.9 and (~both).any()
+    assert np.all(np.abs(ours_flux - flux)[both] <= TOL * scale[both])
+    np.testing.assert_allclose(ours_err[both], ferr[both], rtol=TOL)
+    # sep's own flags, emulated: box truncation (16) and masked pixels within r + 0.7072 (32)
+    assert np.array_equal(res.sep_flag, flag & (ap.SEP_APER_TRUNC | ap.SEP_APER_HASMASKED))
+    # areas: in-image overlap, the same with and without a mask
+    area, _, _ = sep_sums(np.ones_like(f["data"]), f["x"], f["y"], RADII)
+    np.testing.assert_allclose(res.area, area, rtol=TOL, atol=TOL)
+
+
+def test_masked_count_is_inside_the_circle_only(field):
+    """n_masked counts masked pixels overlapping the circle; sep's 32 also fires for masked pixels
+    within r + 0.7072 px with zero overlap."""
+    f = field
+    bad = (f["mask"] & ph.MASK_PHOT) != 0
+    res = ap.circular_apertures(f["data"], f["x"], f["y"], RADII, mask=bad)
+    masked_area, _, _ = sep_sums(bad.astype(np.float32), f["x"], f["y"], RADII)
+    np.testing.assert_allclose(res.masked_area, masked_area, rtol=TOL, atol=TOL)
+    assert np.array_equal(res.n_masked > 0, masked_area > 0)
+    sep32 = (res.sep_flag & ap.SEP_APER_HASMASKED) != 0
+    assert np.all(sep32[res.n_masked > 0])
+    assert (sep32 & (res.n_masked == 0)).sum() > 10  # sep's false positives exist here
+    # a masked pixel just outside the circle: sep flags it, the count does not
+    data = np.ones((40, 40), np.float32)
+    mask = np.zeros((40, 40), bool)
+    mask[24, 19] = True  # centre 4.68 px < r + 0.7072 away, nearest corner 4.003 px > r = 4
+    one = ap.circular_apertures(data, [21.35], [19.95], [4.0], mask=mask)
+    assert one.n_masked[0, 0] == 0 and one.masked_area[0, 0] == 0
+    assert one.sep_flag[0, 0] == ap.SEP_APER_HASMASKED
+    assert sep_sums(data, np.array([21.35]), np.array([19.95]), [4.0], bad=mask)[2][0, 0] == 32
+
+
+def test_sums_equal_photutils_exact(field):
+    f = field
+    data = f["data"] + np.float32(100.0)  # positive: relative agreement is meaningful
+    x, y = f["x"][:400], f["y"][:400]
+    res = ap.circular_apertures(data, x, y, RADII, err=f["err"])
+    for k, r in enumerate(RADII):
+        aper = photutils_aperture.CircularAperture(np.column_stack([x, y]), r)
+        t = photutils_aperture.aperture_photometry(data, aper, method="exact", error=f["err"])
+        s = np.asarray(t["aperture_sum"], float)
+        e = np.asarray(t["aperture_sum_err"], float)
+        ok = np.isfinite(s)  # photutils: NaN for apertures entirely off the image
+        assert np.all(res.area[k][~ok] == 0)
+        np.testing.assert_allclose(res.sum[k][ok], s[ok], rtol=TOL)
+        np.testing.assert_allclose(np.sqrt(res.var[k][ok]), e[ok], rtol=1e-7)  # float32 err²
+
+
+def test_background_map_is_subtracted_in_float32(field):
+    f = field
+    rng = np.random.default_rng(2)
+    image = (f["data"] + np.float32(150.0)).astype(np.float32)
+    back = (150.0 + rng.normal(0, 0.3, image.shape)).astype(np.float32)
+    a = ap.circular_apertures(image, f["x"], f["y"], RADII, back=back, mask=f["mask"], bits=6141)
+    b = ap.circular_apertures(image - back, f["x"], f["y"], RADII, mask=f["mask"], bits=6141)
+    assert np.array_equal(a.sum, b.sum) and np.array_equal(a.area, b.area)
+
+
+def test_saturation_from_bits_and_level():
+    data = np.full((50, 50), 10.0, np.float32)
+    data[25, 25] = 1000.0  # above the level, no bit
+    mask = np.zeros((50, 50), np.int16)
+    mask[10, 10] = 1 << 8  # bit, below the level
+    xy = [25.0, 10.0, 40.0]
+    res = ap.circular_apertures(data, xy, xy, [3.0], mask=mask, bits=ph.MASK_PHOT,
+                                saturated_bits=1 << 8, saturate=500.0)  # fmt: skip
+    assert res.n_saturated[0].tolist() == [1, 1, 0]
+    assert res.n_masked[0].tolist() == [1, 1, 0]  # saturated pixels are excluded
+    np.testing.assert_allclose(res.sum[0, :2], 10.0 * (np.pi * 9 - 1), rtol=1e-12)
+
+
+def test_inputs_radii_order_and_dtypes(field):
+    f = field
+    x, y = f["x"][:200], f["y"][:200]
+    ref = ap.circular_apertures(f["data"], x, y, RADII, err=f["err"], mask=f["mask"], bits=6141)
+    shuffled = RADII[::-1].copy()
+    rev = ap.circular_apertures(f["data"].astype(">f4"), x, y, shuffled, err=f["err"],
+                                mask=f["mask"].astype(">i2"), bits=6141)  # fmt: skip
+    for name in ("sum", "var", "area", "masked_area", "n_masked", "sep_flag"):
+        assert np.array_equal(getattr(rev, name)[::-1], getattr(ref, name)), name
+    boolean = ap.circular_apertures(f["data"], x, y, RADII, mask=(f["mask"] & 6141) != 0)
+    assert np.array_equal(boolean.sum, ap.circular_apertures(f["data"], x, y, RADII,
+                                                             mask=f["mask"], bits=6141).sum)
+    nan = ap.circular_apertures(f["data"], [np.nan, 20.0], [5.0, np.inf], [3.0])
+    assert np.all(nan.area == 0) and np.all(nan.sep_flag == 16)
+    with pytest.raises(ValueError, match="radii"):
+        ap.circular_apertures(f["data"], x, y, [])
+    with pytest.raises(ValueError, match="mask shape"):
+        ap.circular_apertures(f["data"], x, y, RADII, mask=np.zeros((3, 3), np.int16))
+
+
+def test_disk_mask():
+    out, n = ap.disk_mask((50, 60), [10.0, 59.5, np.nan], [10.0, -2.0, 5.0], [3.0, 4.0, 2.0])
+    yy, xx = np.mgrid[:50, :60]
+    expected = ((xx - 10) ** 2 + (yy - 10) ** 2 <= 9) | ((xx - 59.5) ** 2 + (yy + 2) ** 2 <= 16)
+    assert np.array_equal(out, expected) and n == 3
+    capped, n = ap.disk_mask((50, 60), [10.0, 30.0, 45.0], [25.0] * 3, [8.0] * 3, 0.03)
+    assert n == 1 and capped[:, 25:].sum() == 0  # stops after the disk crossing 3 %
+
+
+# ------------------------------------------------------------------------------------------
+# The real IPAC quadrant of the ztfimg 0.19.0 sdist (ztf_formats.md §6.1)
+# ------------------------------------------------------------------------------------------
+
+SDIST = "ztfimg==0.19.0"
+REAL = "ztf_20200924431759_000655_zr_c13_o_q3_{}.fits"
+
+
+def real_quadrant_dir() -> Path:
+    """The sdist's sciimg/mskimg, fetched once with pip (31 MB) into the cache, under a lock."""
+    if os.environ.get("ZTFLUIGI_IPAC_QUADRANT"):
+        return Path(os.environ["ZTFLUIGI_IPAC_QUADRANT"])
+    cache = cache_dir() / "ztfimg-0.19.0-data"
+    done = cache / "complete"
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+                            ":all:", "--quiet", "-d", str(cache), SDIST], check=True,
+                           env=clean_env(), timeout=1200)  # fmt: skip
+            with tarfile.open(next(cache.glob("ztfimg-0.19.0.tar.gz"))) as tar:
+                for member in tar.getmembers():
+                    if member.name.endswith(("_sciimg.fits", "_mskimg.fits")):
+                        member.name = Path(member.name).name
+                        tar.extract(member, cache, filter="data")
+            done.write_text("ok")
+    return cache
+
+
+@pytest.fixture(scope="module")
+def real():
+    d = real_quadrant_dir()
+    data = fits.getdata(d / REAL.format("sciimg"))
+    header = fits.getheader(d / REAL.format("sciimg"))
+    mask = fits.getdata(d / REAL.format("mskimg"))  # big-endian int16, as stored
+    back, rms = ph.background(data, mask)
+    sub = (data.astype(np.float32) - back).astype(np.float32)
+    return {"data": data, "mask": mask, "header": header, "back": back, "rms": rms, "sub": sub}
+
+
+def test_real_quadrant_kernel_equals_sep_and_photutils(real):
+    data, mask, back, rms, sub = (real[k] for k in ("data", "mask", "back", "rms", "sub"))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-5, 3077, 4000)
+    y = rng.uniform(-5, 3085, 4000)
+    bad = ph._bad_pixels(sub, mask, ph.MASK_PHOT)
+    res = ap.circular_apertures(data, x, y, RADII, back=back, err=rms, mask=mask, bits=6141)
+    flux, ferr, flag = sep_sums(sub, x, y, RADII, err=rms, bad=bad)
+    ours, ours_err = rescaled(res)
+    both = np.isfinite(flux)
+    assert np.array_equal(both, np.isfinite(ours))
+    scale = abs_scale(sub, x, y, RADII)
+    assert np.all(np.abs(ours - flux)[both] <= TOL * scale[both])
+    np.testing.assert_allclose(ours_err[both], ferr[both], rtol=TOL)
+    assert np.array_equal(res.sep_flag, flag & 48)
+    # photutils exact on the raw (positive) image, unmasked
+    x, y = x[:300], y[:300]
+    raw = ap.circular_apertures(data, x, y, RADII)
+    for k in (0, 4, 9):
+        aper = photutils_aperture.CircularAperture(np.column_stack([x, y]), RADII[k])
+        s = np.asarray(photutils_aperture.aperture_photometry(
+            data.astype(np.float32), aper, method="exact")["aperture_sum"], float)  # fmt: skip
+        ok = np.isfinite(s)
+        np.testing.assert_allclose(raw.sum[k][ok], s[ok], rtol=TOL)
+
+
+def test_real_quadrant_saturated_stars(real):
+    """Every saturated star: flag 2, flux the unmasked sum (not scaled up as the reference)."""
+    from scipy import ndimage
+
+    mask, header = real["mask"], real["header"]
+    lab, n = ndimage.label((mask & ph.MASK_SATURATED) != 0)
+    cy, cx = np.asarray(ndimage.center_of_mass(np.ones_like(lab), lab, range(1, n + 1))).T
+    assert n > 100
+    back, rms, sub = real["back"], real["rms"], real["sub"]
+    sat = float(header["SATURATE"])
+    new = ph.aperture_photometry(sub, mask, cx, cy, ph.RADII, rms, 6.0, spec=ph.PhotometrySpec(),
+                                 saturate=sat - float(np.median(back)))  # fmt: skip
+    old = ph.aperture_photometry(sub, mask, cx, cy, ph.RADII, rms, 6.0)
+    assert np.all(new["flag"][-1] & ph.FLAG_SATURATED)
+    assert np.all(old["flag"][-1] & ph.APER_HASMASKED)
+    plain = ap.circular_apertures(sub, cx, cy, RADII, mask=mask, bits=ph.MASK_PHOT,
+                                  saturate=sat - float(np.median(back)))  # fmt: skip
+    usable = np.isfinite(new["flux"][-1])
+    assert usable.mean() > 0.9
+    np.testing.assert_array_equal(new["flux"][-1][usable], plain.sum[-1][usable])
+    assert np.all(old["flux"][-1][usable] > new["flux"][-1][usable])  # the reference scales up
