@@ -4,6 +4,10 @@ A pure function of (seed, date). The sequence follows the real camera (``ztf_for
 20 biases at sunset, then dome flats (5 per LED; LEDs 2–5 zg, 7–10 zr, 11–13 zi), then, from the
 end of nautical twilight, 30 s science exposures of a few real ZTF fields in zg, zr and zi,
 ≈40 s apart. Every exposure reads all 16 CCDs (one raw file per CCD).
+
+On the dates of ``SimConfig.starflat_dates`` the science block is a *starflat* sequence instead
+(:func:`starflat_sequence`): per filter, :data:`STARFLAT_DITHERS` dithered exposures of one dense
+real field, offsets moving stars onto other quadrants and CCDs; calibrations are unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ N_BIAS = 20
 FLATS_PER_LED = 5
 SCIENCE_EXPTIME = 30.0  #: s
 SCIENCE_CADENCE = 40.0  #: s between consecutive science exposures
+STARFLAT_CADENCE = 50.0  #: s between starflat exposures (30 s + readout + a dither slew)
+STARFLAT_JITTER = 0.015  #: deg, uniform extra pointing offset (moves stars within the quadrants)
 BIAS_CADENCE = 15.0  #: s
 FLAT_EXPTIME = 10.0  #: s (dome flats; not documented for ZTF)
 FLAT_CADENCE = 22.0  #: s, as the real 2019-03-14 LED-4 sequence
@@ -160,6 +166,10 @@ def night_log(cfg: SimConfig, date: dt.date) -> list[Exposure]:
             add(obsjd=t, imgtype="flat", filtercode=filt, field=0, exptime=FLAT_EXPTIME,
                 ra=dome_ra, dec=dome_dec, led=led)  # fmt: skip
             t += FLAT_CADENCE / 86400.0
+    if date.isoformat() in cfg.starflat_dates and not dome_closed(cfg, date):
+        for exp in starflat_sequence(cfg, date, max(t, dusk), rng):
+            add(**exp)
+        return exposures
     fields = [] if dome_closed(cfg, date) else _choose_fields(cfg, date, dusk, dawn, rng)
     for slot, field in enumerate(fields):
         # Each field is observed near its meridian transit, in zg then zr then zi.
@@ -209,3 +219,98 @@ def _choose_fields(
             raise ValueError(f"no observable ZTF field at JD {jd:.4f} ({date})")
         chosen.append(candidates[rng.integers(candidates.size)])
     return chosen
+
+
+# --- starflats ------------------------------------------------------------------------------
+
+
+@functools.cache
+def _layout_steps() -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Focal-plane steps (deg) that move a quadrant onto another: East–West and North–South.
+
+    (next quadrant of the same CCD, next quadrant across the CCD gap, next CCD), averaged over
+    the real layout (0.863/0.989/1.852° EW, 0.863/1.049/1.912° NS).
+    """
+    from ztfluigi import camera
+
+    lay = camera.focal_plane_layout()
+
+    def centre(c: int, q: int) -> np.ndarray:
+        return np.array([lay[(c, q)].xi_center, lay[(c, q)].eta_center])
+
+    ew_in = np.mean([centre(c, 1)[0] - centre(c, 2)[0] for c in range(1, 17)])
+    ns_in = np.mean([centre(c, 1)[1] - centre(c, 4)[1] for c in range(1, 17)])
+    ew_ccd = np.mean([centre(c, 1)[0] - centre(c + 1, 1)[0] for c in range(1, 17) if c % 4])
+    ns_ccd = np.mean([centre(c + 4, 1)[1] - centre(c, 1)[1] for c in range(1, 13)])
+    return (
+        (float(ew_in), float(ew_ccd - ew_in), float(ew_ccd)),
+        (float(ns_in), float(ns_ccd - ns_in), float(ns_ccd)),
+    )
+
+
+def starflat_dithers() -> list[tuple[float, float]]:
+    """The 21 pointing offsets (deg East, deg North) of a starflat, before the jitter.
+
+    The centre; ± each East–West and North–South step of :func:`_layout_steps` (a star seen on
+    one quadrant lands on the neighbouring quadrant of the same CCD, across the gap, or on the
+    same quadrant of the next CCD); the four diagonal quadrant steps and the four diagonal CCD
+    steps. Offsets are up to a CCD width (1.9°), so every star crosses quadrants and CCDs, and a
+    quadrant window of any ``scale`` still sees the same stars on other quadrants.
+    """
+    (ew_in, ew_gap, ew_ccd), (ns_in, ns_gap, ns_ccd) = _layout_steps()
+    offsets = [(0.0, 0.0)]
+    for step in (ew_in, ew_gap, ew_ccd):
+        offsets += [(step, 0.0), (-step, 0.0)]
+    for step in (ns_in, ns_gap, ns_ccd):
+        offsets += [(0.0, step), (0.0, -step)]
+    for ew, ns in ((ew_in, ns_in), (ew_ccd, ns_ccd)):
+        offsets += [(ew, ns), (-ew, ns), (ew, -ns), (-ew, -ns)]
+    return offsets
+
+
+STARFLAT_DITHERS = 21  #: exposures per filter of a starflat sequence (len(starflat_dithers()))
+
+
+def starflat_field(date: dt.date, jd: float) -> np.void:
+    """The starflat field: a dense primary-grid field (10° ≤ |b| < 20°) transiting near ``jd``.
+
+    Among those within 20° of the meridian, the one closest to the equator: there a pointing
+    offset in RA moves the focal plane by a near-pure translation (no field rotation), so the
+    dithers put stars on the other quadrants' centres.
+    """
+    fields = ztf_fields()
+    ok = (fields["id"] < 880) & (np.abs(fields["gal_b"]) >= 10) & (np.abs(fields["gal_b"]) < 20)
+    ok &= np.abs(ephemeris.hour_angle_deg(fields["ra"], jd)) < 20
+    ok &= np.abs(fields["dec"]) < 30
+    candidates = fields[ok]
+    if candidates.size == 0:
+        raise ValueError(f"no starflat field near the meridian at JD {jd:.4f} ({date})")
+    return candidates[np.lexsort((candidates["id"], np.abs(candidates["dec"])))[0]]
+
+
+def starflat_sequence(
+    cfg: SimConfig, date: dt.date, start_jd: float, rng: np.random.Generator
+) -> list[dict[str, object]]:
+    """Keyword arguments of the starflat exposures (zg, then zr, then zi) from ``start_jd``.
+
+    Pointings are the field centre moved by :func:`starflat_dithers` in the tangent plane, plus
+    a uniform jitter of ±:data:`STARFLAT_JITTER` deg per axis.
+    """
+    from ztfluigi.sim import astrometry
+
+    dithers = starflat_dithers()
+    n = len(dithers) * 3
+    field = starflat_field(date, start_jd + 0.5 * n * STARFLAT_CADENCE / 86400.0)
+    out: list[dict[str, object]] = []
+    t = start_jd
+    for filt in ("zg", "zr", "zi"):
+        for d_xi, d_eta in dithers:
+            j_xi, j_eta = rng.uniform(-STARFLAT_JITTER, STARFLAT_JITTER, 2)
+            ra, dec = astrometry.deproject(d_xi + j_xi, d_eta + j_eta, field["ra"], field["dec"])
+            alt, _ = ephemeris.altaz(ra, dec, t)
+            seeing = 2.0 * ephemeris.airmass(alt) ** 0.6 * rng.uniform(0.85, 1.15)
+            out.append(dict(obsjd=t, imgtype="object", filtercode=filt, field=int(field["id"]),
+                            exptime=SCIENCE_EXPTIME, ra=float(ra), dec=float(dec),
+                            seeing=float(seeing)))  # fmt: skip
+            t += STARFLAT_CADENCE / 86400.0
+    return out

@@ -35,8 +35,11 @@ STAR_SCHEMA = pa.schema([
     ("source_id", pa.int64()), ("ra", pa.float64()), ("dec", pa.float64()),
     ("x", pa.float64()), ("y", pa.float64()), ("inside", pa.bool_()), ("mag", pa.float64()),
     ("electrons", pa.float64()), ("counts", pa.float64()), ("fwhm_pix", pa.float64()),
+    ("dzp", pa.float64()),
 ])  # fmt: skip
-"""Star truth: ``x``, ``y`` 0-based raw-oriented pixel; ``counts`` in science-image DN."""
+"""Star truth: ``x``, ``y`` 0-based raw-oriented pixel; ``counts`` in science-image DN;
+``dzp = −2.5 log10(counts / electrons)`` (mag): the zero-point offset the star sees at its
+position in the pipeline's photometry, δZP(u, v) of a starflat up to a constant."""
 
 
 def detector_table(cfg: SimConfig, date: dt.date) -> pa.Table:
@@ -97,6 +100,37 @@ def science_scale(cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid:
         return response * fp / (flat_q * norm)
 
 
+def dzp_map(cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: int) -> np.ndarray:
+    """δZP (mag) of every window pixel (raw orientation): ``−2.5 log10(science DN per e⁻)``.
+
+    What a star at that pixel sees in the pipeline's photometry (flat-fielded with the
+    focal-plane normalisation): the injected dome/sky ratio, the LED mixture of the flat and
+    the flat normalisation; the gain and the pixel response cancel. A starflat measures it up
+    to a constant (its gauge).
+    """
+    with np.errstate(divide="ignore"):
+        return -2.5 * np.log10(science_scale(cfg, date, exp, ccdid, qid))
+
+
+@functools.lru_cache(maxsize=16)
+def quadrant_flat_levels(
+    cfg: SimConfig, date: dt.date, filtercode: str
+) -> dict[tuple[int, int], float]:
+    """Noise-free median of each quadrant's de-normalised flat over FLTNORM_FP.
+
+    A quadrant's flat scaled to its own median (per-quadrant normalisation) multiplies that
+    quadrant's fluxes by this level with respect to the pipeline's focal-plane normalisation.
+    """
+    fp = true_focal_plane_level(cfg, date, filtercode)
+    levels = {}
+    for c in range(1, 17):
+        flat, norm = true_master_flat(cfg, date, c, filtercode)
+        for q in range(1, 5):
+            rows, cols = camera.quadrant_slice(q, flat.shape)
+            levels[(c, q)] = float(np.median(flat[rows, cols]) * norm / fp)
+    return levels
+
+
 def star_table(cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: int) -> pa.Table:
     """True stars of one science quadrant: ids, positions and counts (e⁻ and science DN)."""
     shape = camera.quadrant_shape(cfg.scale)
@@ -120,6 +154,7 @@ def star_table(cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: in
         "electrons": stars.electrons,
         "counts": stars.electrons * scale[py, px],
         "fwhm_pix": np.full(n, cond.fwhm_pix),
+        "dzp": -2.5 * np.log10(scale[py, px]),
     })  # fmt: skip
 
 

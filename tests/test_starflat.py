@@ -1,0 +1,143 @@
+"""Starflat fit: recovers an injected δZP(u, v) and a one-amplifier gain error from catalogues
+synthesised from the simulator's truth (no pixels)."""
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from ztfluigi import starflat
+from ztfluigi.sim import detector, truth
+from ztfluigi.sim import starflat as simflat
+from ztfluigi.sim.schedule import SimConfig
+
+DEMO_DATE = dt.date(2019, 3, 31)  #: the demo night (a starflat night here)
+INNER_CCDS = (6, 7, 10, 11)  #: the four central CCDs: 16 quadrants keep the test fast
+GAIN_ERROR = (7, 2), 0.01  #: +1 % gain on CCD 7 q2 (what its flat removed is 1 % off)
+GRID = (16, 16)  #: 192-px cells: 2 × 2 cells on each scale-8 quadrant window
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A zr starflat of the inner CCDs at scale 8: catalogues, truth and the fit."""
+    cfg = SimConfig(scale=8, starflat_dates=(DEMO_DATE.isoformat(),))
+    quads = [(c, q) for c in INNER_CCDS for q in range(1, 5)]
+    tables, true = simflat.synthetic_catalogues(
+        cfg, DEMO_DATE, "zr", quadrants=quads, gain_errors=dict([GAIN_ERROR])
+    )
+    config = starflat.StarflatConfig(grid=GRID)
+    meas = starflat.measurements_from_catalogues(tables, config)
+    result = starflat.fit_starflat(meas, config)
+    return cfg, meas, true, result
+
+
+def true_cells(result, true, without_gain_error=False):
+    """The truth's δZP averaged over each fitted cell, in the fit's gauge."""
+    dzp = true["dzp"].to_numpy().copy()
+    if without_gain_error:
+        (c, q), eps = GAIN_ERROR
+        sel = (true["ccdid"].to_numpy() == c) & (true["qid"].to_numpy() == q)
+        dzp[sel] -= 2.5 * np.log10(1 + eps)
+    ix, iy = starflat.cell_index(true["x"].to_numpy(), true["y"].to_numpy(), result.config.grid)
+    keys = list(zip(true["ccdid"].to_numpy(), true["qid"].to_numpy(), ix, iy, strict=True))
+    by_cell: dict[tuple, list[float]] = {}
+    for key, value in zip(keys, dzp, strict=True):
+        by_cell.setdefault(tuple(int(k) for k in key), []).append(value)
+    cells = zip(result.cell_ccdid, result.cell_qid, result.cell_ix, result.cell_iy, strict=True)
+    out = np.array([np.mean(by_cell[tuple(int(k) for k in cell)]) for cell in cells])
+    return result.in_gauge(out)
+
+
+def test_fit_recovers_the_injected_dzp_with_honest_errors(fitted):
+    _, meas, true, result = fitted
+    assert result.solver["istop"] in (1, 2) and result.iterations <= 3
+    print(result.n_measurements, result.source_id.size, meas.counts)
+    assert result.n_measurements > 1500 and result.source_id.size > 400
+    assert result.dzp.size == 16 * 4  # 2 × 2 cells on each of the 16 windows
+    assert 0.9 < result.chi2_dof < 1.1, result.chi2_dof
+    assert result.n_clipped < 0.001 * result.n_measurements
+    resid = result.dzp - true_cells(result, true)
+    pull = resid / result.dzp_err
+    rms = 1000 * np.sqrt(np.mean(resid**2))
+    print(f"cells {resid.size}, fit-truth rms {rms:.2f} mmag, pull std {pull.std():.3f}, "
+          f"chi2/dof {result.chi2_dof:.3f}")  # fmt: skip
+    assert 0.8 < pull.std() < 1.2
+    assert abs(pull.mean()) < 0.3
+    # The injected pattern is far above the errors: the fit sees it.
+    assert np.ptp(true_cells(result, true)) > 10 * np.median(result.dzp_err)
+    # No colour or airmass term in the truth.
+    assert np.all(np.abs(result.dk / result.dk_err) < 4)
+    assert abs(result.k / result.k_err) < 4
+
+
+def test_gain_error_found_at_its_quadrant_only(fitted):
+    _, _, true, result = fitted
+    (c, q), eps = GAIN_ERROR
+    gains = starflat.quadrant_gains(result)
+    err = gains["dzp_mean_err"]
+
+    def gains_of(cells):
+        return starflat.quadrant_gains(dataclasses.replace(result, dzp=cells))["dzp_mean"]
+
+    excess = gains["dzp_mean"] - gains_of(true_cells(result, true, without_gain_error=True))
+    injected = np.where((result.cell_ccdid == c) & (result.cell_qid == q),
+                        2.5 * np.log10(1 + eps), 0.0)  # fmt: skip
+    expected = gains_of(result.in_gauge(injected))  # the gauge takes a share of any bump
+    at = np.flatnonzero((gains["ccdid"] == c) & (gains["qid"] == q))[0]
+    print("excess (mmag)", np.round(1000 * excess, 2), "pull", np.round(excess / err, 1))
+    print("expected", np.round(1000 * expected, 2), "err", np.round(1000 * err, 2))
+    # Found where it was put, with the amplitude the gauge leaves it ...
+    assert abs(excess[at] - expected[at]) < 4 * err[at] and excess[at] > 15 * err[at]
+    assert np.argmax(np.abs(excess)) == at
+    # ... and nowhere else: elsewhere only the gauge's share of that one bump (mean, gradients
+    # and, at scale 8, the East/West and North/South halves of the CCDs).
+    assert np.all(np.abs(excess - expected) < 4 * err)
+
+
+def test_quadrant_normalisation_brings_back_the_amplifier_gains(fitted):
+    cfg, _, _, result = fitted
+    levels = truth.quadrant_flat_levels(cfg, DEMO_DATE, "zr")
+    tables = starflat.result_tables(result, levels)
+    quads = tables["quadrants"].to_pydict()
+    gain = np.array([detector.amplifier(cfg.seed, c, q, DEMO_DATE).gain
+                     for c, q in zip(quads["ccdid"], quads["qid"], strict=True)])  # fmt: skip
+    fitted_gain = np.array(quads["gain_rel_quadnorm"])
+    # Per-quadrant flats lose each amplifier's gain; the starflat finds it (× the quadrant's
+    # illumination, nearly the same for these central CCDs).
+    assert np.corrcoef(fitted_gain, gain)[0, 1] > 0.9
+    assert np.std(np.array(quads["gain_rel"])) < 0.5 * np.std(fitted_gain)
+    assert set(tables) == {"cells", "quadrants", "exposures", "terms", "stars", "stats"}
+    assert tables["stats"]["n_measurements"][0].as_py() == result.n_measurements
+
+
+def test_lsmr_solution_is_the_least_squares_minimum_in_the_gauge(fitted):
+    """The sparse iterative solve reaches the χ² of a dense solve and satisfies the gauge."""
+    _, meas, _, _ = fitted
+    config = starflat.StarflatConfig(grid=GRID, max_iterations=1, colour_term="none",
+                                     fit_airmass=False)  # fmt: skip
+    small = meas.subset(np.isin(meas.ccdid, (6, 7)))
+    fit = starflat.fit_starflat(small, config)
+    sub = small.subset(np.isin(small.source_id, fit.source_id))
+    ix, iy = starflat.cell_index(sub.x, sub.y, GRID)
+    rc = 4 * (sub.ccdid.astype(int) - 1) + sub.qid - 1
+    cells = np.unique((rc * GRID[1] + iy) * GRID[0] + ix, return_inverse=True)[1]
+    stars = np.unique(sub.source_id, return_inverse=True)[1]
+    exps = np.unique(sub.exposure, return_inverse=True)[1]
+    ns, nc, ne = stars.max() + 1, cells.max() + 1, exps.max() + 1
+    n = sub.size
+    a = np.zeros((n, ns + nc + ne))
+    a[np.arange(n), stars] = 1
+    a[np.arange(n), ns + cells] = 1
+    a[np.arange(n), ns + nc + exps] = 1
+    w = 1 / sub.mag_err
+    direct = np.linalg.lstsq(a * w[:, None], sub.mag * w, rcond=None)[0]
+    chi2_direct = np.sum(((a @ direct - sub.mag) * w) ** 2)
+    mine = np.concatenate([fit.mag, fit.dzp, fit.zp[np.isfinite(fit.zp)]])
+    chi2_mine = np.sum(((a @ mine - sub.mag) * w) ** 2)
+    assert abs(chi2_mine - chi2_direct) < 1e-8 * chi2_direct
+    assert abs(fit.chi2 - chi2_direct) < 1e-8 * chi2_direct
+    # Gauge: cells without mean or gradient, nothing along the free directions; ZP mean 0.
+    assert np.all(np.abs(fit.gauge_cells.T @ fit.dzp) < 1e-6)
+    assert abs(np.nanmean(fit.zp)) < 1e-9
+    assert fit.n_free == 3  # this scale-8 subset cannot tell East/West, North/South halves
