@@ -24,8 +24,9 @@ SHAPE = (3080, 3072)
 
 
 def signature(header: fits.Header) -> list[tuple]:
-    """Everything a header holds: keyword, value, value type and comment of each card, in order."""
-    return [(c.keyword, c.value, type(c.value), c.comment) for c in header.cards]
+    """Everything a header holds: keyword, value (repr: -0.0 is not 0.0), value type and comment
+    of each card, in order."""
+    return [(c.keyword, repr(c.value), type(c.value), c.comment) for c in header.cards]
 
 
 def real_header() -> fits.Header:
@@ -132,6 +133,21 @@ def test_simulated_headers_round_trip_and_lookup(sim_quadrants):
     halves = [archive.fetch_science_headers(quadrants[:5]), archive.fetch_science_headers(
         quadrants[5:])]  # fmt: skip
     assert ipac.concat_tables(halves).equals(table)
+
+
+def test_every_float_and_string_comes_back_exactly():
+    """Floats are stored as float64 and rebuilt without astropy's 20-character rounding."""
+    rng = np.random.default_rng(3)
+    floats = [*(rng.standard_normal(60) * 10.0 ** rng.integers(-300, 300, 60)), 1e16, -0.0,
+              5e-324, 1.7976931348623157e308, 0.1 + 0.2]  # fmt: skip
+    strings = ["", " lead", "it's", "x" * 68, "x" * 69, "trail ", "a  b"]
+    header = fits.Header()
+    for i, value in enumerate(floats):
+        header.append((f"F{i}", float(value), "c" * (i % 50)))
+    for i, value in enumerate(strings):
+        header.append((f"S{i}", value, " spaced comment " if i % 2 else ""))
+    table = ipac.encode_headers([header], [(REAL_RAW, 1)])
+    assert signature(ipac.headers_from_table(parquet_round_trip(table))[0]) == signature(header)
 
 
 # -- header bytes -----------------------------------------------------------------------------

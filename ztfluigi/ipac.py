@@ -480,24 +480,29 @@ class _Row:
     extra: list[list[object]]  #: [index, keyword, tagged value or None, comment]
 
 
-def _split(header: fits.Header) -> _Row:
+def _split(cards: Iterable[tuple[str, object, str]]) -> _Row:
+    """A header's (keyword, value, comment) cards sorted into what the table stores."""
     row = _Row({}, {}, [], [], [], [])
     reserved = set(KEY_COLUMNS) | {COMMENTARY_COLUMN, LAYOUT_COLUMN}
-    for index, card in enumerate(header.cards):
-        key, value = card.keyword, _plain(card.value)
+    for index, (key, raw_value, comment) in enumerate(cards):
+        value = _plain(raw_value)
         if key in COMMENTARY_KEYWORDS:
             row.commentary.append({"index": index, "keyword": key, "text": str(value)})
         elif key in row.values or key in row.undefined or key in reserved:
             tagged = None if value is UNDEFINED else _tag(value)
-            row.extra.append([index, key, tagged, card.comment])
+            row.extra.append([index, key, tagged, comment])
         else:
             row.order.append(key)
-            row.comments[key] = card.comment
+            row.comments[key] = comment
             if value is UNDEFINED:
                 row.undefined.append(key)
             else:
                 row.values[key] = value
     return row
+
+
+def _cards(header: fits.Header) -> list[tuple[str, object, str]]:
+    return [(c.keyword, c.value, c.comment) for c in header.cards]
 
 
 def _merged_order(orders: Iterable[list[str]]) -> list[str]:
@@ -527,15 +532,17 @@ def encode_headers(
     (filefracday, ccdid, qid); ``expid`` comes from the key, else from the header's EXPID."""
     if len(headers) != len(keys):
         raise ValueError(f"{len(headers)} headers for {len(keys)} quadrants")
-    pairs = sorted(
-        zip((_key_of(k) for k in keys), headers, strict=True), key=lambda p: p[0].lookup()
-    )
+    return _encode([_split(_cards(h)) for h in headers], [_key_of(k) for k in keys])
+
+
+def _encode(unsorted: Sequence[_Row], keys: Sequence[QuadrantKey]) -> pa.Table:
+    pairs = sorted(zip(keys, unsorted, strict=True), key=lambda p: p[0].lookup())
     seen: set[tuple[int, int, int]] = set()
     for key, _ in pairs:
         if key.lookup() in seen:
             raise IpacError(f"{key.name()}: two headers for the same quadrant")
         seen.add(key.lookup())
-    rows = [_split(h) for _, h in pairs]
+    rows = [r for _, r in pairs]
     order = _merged_order(r.order for r in rows)
     kinds: dict[str, set[str]] = collections.defaultdict(set)
     comments: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -548,8 +555,8 @@ def encode_headers(
     default_comment = {k: comments[k].most_common(1)[0][0] for k in order}
     columns: dict[str, pa.Array] = {}
     expids = []
-    for key, header in pairs:
-        expid = key.expid if key.expid is not None else header.get("EXPID")
+    for key, row in pairs:
+        expid = key.expid if key.expid is not None else row.values.get("EXPID")
         expids.append(
             int(expid) if isinstance(expid, int) and not isinstance(expid, bool) else None
         )
@@ -604,6 +611,15 @@ def _card(key: str, value: object, comment: str) -> fits.Card:
         return fits.Card(key, value, comment)
 
 
+def _header(cards: Sequence[tuple[str, object, str]]) -> fits.Header:
+    """A header of exactly these (keyword, value, comment) cards, in order.
+
+    Built from Card objects, not parsed from text: text would round floats to 20 characters and
+    strip blanks. (~50 µs a card; astropy's parser, lazy, costs as much once values are read.)
+    """
+    return fits.Header([_card(*c) for c in cards])
+
+
 def _build(meta: dict, cells: Mapping[str, object]) -> fits.Header:
     types, comments = meta["types"], meta["comments"]
     layout = json.loads(cells[LAYOUT_COLUMN]) if cells.get(LAYOUT_COLUMN) else {}
@@ -612,20 +628,20 @@ def _build(meta: dict, cells: Mapping[str, object]) -> fits.Header:
         k for k in meta["order"] if cells.get(k) is not None or k in undefined
     ]
     own_comments = {**comments, **layout.get("comments", {})}
-    cards = []
+    cards: list[tuple[str, object, str]] = []
     for key in order:
         value = UNDEFINED if key in undefined else cells[key]
         if types.get(key) == "tagged" and value is not UNDEFINED:
             value = _untag(value)  # type: ignore[arg-type]
-        cards.append(_card(key, value, own_comments.get(key, "")))
-    inserts = [(int(c["index"]), _card(c["keyword"], c["text"], "")) for c in
+        cards.append((key, value, own_comments.get(key, "")))
+    inserts = [(int(c["index"]), (c["keyword"], c["text"], "")) for c in
                cells.get(COMMENTARY_COLUMN) or []]  # fmt: skip
     for index, key, tagged, comment in layout.get("extra", ()):
         value = UNDEFINED if tagged is None else _untag(tagged)
-        inserts.append((int(index), _card(key, value, comment)))
+        inserts.append((int(index), (key, value, comment)))
     for index, card in sorted(inserts, key=lambda p: p[0]):
         cards.insert(index, card)
-    return fits.Header(cards)
+    return _header(cards)
 
 
 def header_from_row(table: pa.Table, i: int) -> fits.Header:
@@ -688,13 +704,26 @@ def _keys_of(table: pa.Table) -> list[QuadrantKey]:
 # -- the reference pipeline's metaheader tables -----------------------------------------------
 
 
+_INT_RE = re.compile(r"[+-]?\d+")
+_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][+-]?\d+)?")
+_STRING_RE = re.compile(r"'((?:[^']|'')*)'")
+
+
 def _parse_value(key: str, text: str) -> object:
-    """A FITS value string (``'ZTF_r   '``, ``30.``, ``T``…) as astropy reads it."""
+    """A FITS value string (``'ZTF_r   '``, ``30.``, ``T``…) as astropy reads it; ValueError
+    if it is none. The usual forms are parsed directly (astropy's Card costs ~50 µs each)."""
+    if text in ("T", "F"):
+        return text == "T"
+    if _INT_RE.fullmatch(text):
+        return int(text)
+    if _FLOAT_RE.fullmatch(text):
+        return float(text.replace("D", "E").replace("d", "e"))
+    m = _STRING_RE.fullmatch(text)
+    if m:
+        return m[1].replace("''", "'").rstrip()
     prefix = f"{key:8s}= " if len(key) <= 8 and " " not in key else f"HIERARCH {key} = "
     image = prefix + text
     if len(image) > CARD:
-        if text.startswith("'") and text.rstrip().endswith("'"):
-            return text.strip()[1:-1].replace("''", "'").rstrip()
         raise ValueError(text)
     with warnings.catch_warnings():
         warnings.simplefilter("error", VerifyWarning)
@@ -718,7 +747,8 @@ def from_metaheader(
     the schema metadata ``ztfluigi.ipac.dropped``. The keys come from the cards (``FILENAME``
     for filefracday, ``RCID``/``CCDID``/``QID``, ``FIELDID``, ``FILTER``); without ``FILENAME``
     the filefracday is looked up in ``raw_index`` (columns expid, ccdid, filefracday, as the
-    RawIndex or the reference's ``rawobject_metadata``).
+    RawIndex or the reference's ``rawobject_metadata``). A monthly file holds ~10^6 rows: read
+    only the rows needed (``pyarrow.parquet.read_table(path, filters=[("EXPID", "in", …)])``).
     """
     columns = [c for c in table.column_names if not c.startswith("__index_level_")]
     lookup: dict[tuple[int, int], int] = {}
@@ -726,35 +756,35 @@ def from_metaheader(
         for e, c, f in zip(*(raw_index[k].to_pylist() for k in ("expid", "ccdid", "filefracday")),
                            strict=True):  # fmt: skip
             lookup[(int(e), int(c))] = int(f)
-    headers, keys, dropped = [], [], set()
-    for i, row in enumerate(table.select(columns).to_pylist()):
-        header = fits.Header()
-        for key, text in row.items():
+    rows, keys, dropped = [], [], set()
+    for i, cells in enumerate(table.select(columns).to_pylist()):
+        cards: list[tuple[str, object, str]] = []
+        for key, text in cells.items():
             if text is None or (isinstance(text, float) and np.isnan(text)):
                 continue
             text = str(text)
             if key in COMMENTARY_KEYWORDS:
-                header.append(_card(key, text, ""))
+                cards.append((key, text, ""))
                 continue
             try:
-                value = _parse_value(key, text.strip())
+                cards.append((key, _parse_value(key, text.strip()), ""))
             except (ValueError, VerifyError, VerifyWarning):
                 dropped.add(key)
-                continue
-            header.append(_card(key, value, ""))
-        keys.append(_metaheader_key(header, lookup, f"{name} row {i}"))
-        headers.append(header)
-    out = encode_headers(headers, keys)
+        row = _split(cards)
+        keys.append(_metaheader_key(row.values, lookup, f"{name} row {i}"))
+        rows.append(row)
+    out = _encode(rows, keys)
     meta = dict(out.schema.metadata)
     meta[METADATA_KEY + b".dropped"] = json.dumps(sorted(dropped)).encode()
     return out.replace_schema_metadata(meta)
 
 
-def _metaheader_key(header: fits.Header, lookup: Mapping[tuple[int, int], int], what: str
-                    ) -> QuadrantKey:  # fmt: skip
+def _metaheader_key(
+    values: Mapping[str, object], lookup: Mapping[tuple[int, int], int], what: str
+) -> QuadrantKey:
     def integer(*keys: str) -> int | None:
         for k in keys:
-            v = header.get(k)
+            v = values.get(k)
             if isinstance(v, int) and not isinstance(v, bool):
                 return v
         return None
@@ -764,11 +794,11 @@ def _metaheader_key(header: fits.Header, lookup: Mapping[tuple[int, int], int], 
     qid = integer("QID") or (rcid % 4 + 1 if rcid is not None else None)
     expid = integer("EXPID", "DBEXPID")
     field = integer("FIELDID", "DBFIELD")
-    filtercode = _FILTER_CODES.get(str(header.get("FILTER", "")).strip())
+    filtercode = _FILTER_CODES.get(str(values.get("FILTER", "")).strip())
     filtercode = filtercode or _FILTER_BY_ID.get(integer("FILTERID", "DBFID") or 0)
     filefracday = None
     for k in ("FILENAME", "ORIGNAME"):
-        m = _RAW_NAME_RE.match(str(header.get(k, "")))
+        m = _RAW_NAME_RE.match(str(values.get(k, "")))
         if m:
             filefracday = int(m[1])
             break
