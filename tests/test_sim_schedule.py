@@ -64,3 +64,25 @@ def test_weather_closes_some_nights_but_leaves_the_others_unchanged():
         else:
             assert log == night_log(SimConfig(), d)
     assert not any(schedule.dome_closed(SimConfig(), d) for d in nights)
+
+
+def test_starflat_night_replaces_the_science_block_only():
+    cfg = SimConfig(starflat_dates=(DEMO_DATE.isoformat(),))
+    log, normal = night_log(cfg, DEMO_DATE), night_log(SimConfig(), DEMO_DATE)
+    calibrations = [e for e in log if e.imgtype != "object"]
+    assert calibrations == [e for e in normal if e.imgtype != "object"]
+    science = [e for e in log if e.imgtype == "object"]
+    n = len(schedule.starflat_dithers())
+    assert n == schedule.STARFLAT_DITHERS >= 20 and len(science) == 3 * n
+    assert [e.filtercode for e in science] == ["zg"] * n + ["zr"] * n + ["zi"] * n
+    assert len({e.field for e in science}) == 1 and science[0].field in schedule.ztf_fields()["id"]
+    assert len({e.filefracday for e in log}) == len(log)
+    # Offsets up to a CCD width (1.9°) around the field centre.
+    field = schedule.ztf_fields()[schedule.ztf_fields()["id"] == science[0].field][0]
+    offsets = np.hypot((np.array([e.ra for e in science]) - field["ra"])
+                       * np.cos(np.radians(field["dec"])),
+                       np.array([e.dec for e in science]) - field["dec"])  # fmt: skip
+    assert 1.85 < offsets.max() < 2.8 and np.sum(offsets > 0.8) >= 18 * 3
+    # Another night is unchanged.
+    other = DEMO_DATE + dt.timedelta(days=1)
+    assert night_log(cfg, other) == night_log(SimConfig(), other)

@@ -3,6 +3,7 @@ synthesised from the simulator's truth (no pixels)."""
 
 import dataclasses
 import datetime as dt
+import json
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from ztfluigi.sim.schedule import SimConfig
 DEMO_DATE = dt.date(2019, 3, 31)  #: the demo night (a starflat night here)
 INNER_CCDS = (6, 7, 10, 11)  #: the four central CCDs: 16 quadrants keep the test fast
 GAIN_ERROR = (7, 2), 0.01  #: +1 % gain on CCD 7 q2 (what its flat removed is 1 % off)
+CATALOGUES: list = []  #: the fixture's synthetic catalogues
 GRID = (16, 16)  #: 192-px cells: 2 × 2 cells on each scale-8 quadrant window
 
 
@@ -29,6 +31,7 @@ def fitted():
     config = starflat.StarflatConfig(grid=GRID)
     meas = starflat.measurements_from_catalogues(tables, config)
     result = starflat.fit_starflat(meas, config)
+    CATALOGUES[:] = tables
     return cfg, meas, true, result
 
 
@@ -141,3 +144,28 @@ def test_lsmr_solution_is_the_least_squares_minimum_in_the_gauge(fitted):
     assert np.all(np.abs(fit.gauge_cells.T @ fit.dzp) < 1e-6)
     assert abs(np.nanmean(fit.zp)) < 1e-9
     assert fit.n_free == 3  # this scale-8 subset cannot tell East/West, North/South halves
+
+
+def test_products_are_written_with_provenance_and_rebuilt_identically(fitted, tmp_path):
+    from ztfluigi import storage
+    from ztfluigi.tasks.starflat import PICTURES, TABLES, write_products
+
+    cfg, _, _, _ = fitted
+    levels = truth.quadrant_flat_levels(cfg, DEMO_DATE, "zr")
+    config = starflat.StarflatConfig(grid=GRID)
+    contents = []
+    for run in ("a", "b"):
+        out = {name: storage.get_target(str(tmp_path / run / f"{name}.parquet"))
+               for name in TABLES}  # fmt: skip
+        out |= {name: storage.get_target(str(tmp_path / run / f"{name}.png"))
+                for name in PICTURES}  # fmt: skip
+        write_products(out, CATALOGUES, levels, {"input_catalogues": "[]"}, "test", config)
+        contents.append({name: (tmp_path / run / t.path.rsplit("/", 1)[-1]).read_bytes()
+                         for name, t in out.items()})  # fmt: skip
+    assert contents[0] == contents[1]
+    cells = storage.read_parquet(str(tmp_path / "a" / "cells.parquet"))
+    meta = {k.decode(): v.decode() for k, v in cells.schema.metadata.items()}
+    assert meta["ztfluigi.product"] == "StarflatFit" and "lsmr" in meta["solver"]
+    assert json.loads(meta["starflat.grid"]) == list(GRID)
+    assert {"dzp", "dzp_err", "dzp_quadnorm", "xi", "eta"} <= set(cells.column_names)
+    assert all(contents[0][p].startswith(b"\x89PNG") for p in PICTURES)

@@ -682,10 +682,10 @@ def quadrant_normalised(
     multiplies that quadrant's fluxes by the level, so ``δZP_q = δZP − 2.5 log10(level)``; the
     result is put back in the gauge (unweighted mean over cells = 0).
     """
-    lvl = np.array([levels[(int(c), int(q))] for c, q in zip(result.cell_ccdid, result.cell_qid,
-                                                              strict=True)])  # fmt: skip
+    lvl = np.array([levels.get((int(c), int(q)), np.nan)
+                    for c, q in zip(result.cell_ccdid, result.cell_qid, strict=True)])  # fmt: skip
     out = result.dzp - 2.5 * np.log10(lvl)
-    return out - out.mean()
+    return out - np.nanmean(out)
 
 
 def quadrant_gains(
@@ -744,7 +744,7 @@ def result_tables(
         qn = quadrant_normalised(result, levels)
         cells["dzp_quadnorm"] = qn
         gains_qn = quadrant_gains(result, qn)
-        quads["flat_level"] = [levels[(int(c), int(q))] for c, q in
+        quads["flat_level"] = [levels.get((int(c), int(q)), np.nan) for c, q in
                                zip(gains_qn["ccdid"], gains_qn["qid"], strict=True)]  # fmt: skip
         quads["dzp_mean_quadnorm"] = gains_qn["dzp_mean"]
         quads["gain_rel_quadnorm"] = gains_qn["gain_rel"]

@@ -1,0 +1,167 @@
+"""StarflatFit: δZP(u, v) over the focal plane, fitted from a starflat night's catalogues."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import luigi
+import numpy as np
+
+from ztfluigi import camera, config, naming, starflat, storage
+from ztfluigi.provenance import package_versions
+from ztfluigi.tasks import progress
+from ztfluigi.tasks.calib import MasterFlat, cal_target
+from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit
+from ztfluigi.tasks.parameters import FilterParameter, NightParameter
+
+TABLES = ("cells", "quadrants", "exposures", "terms", "stars", "stats")
+PICTURES = ("residual_fp", "residual_quadnorm", "gain")
+
+
+def starflat_relpath(date, filtercode: str, name: str) -> str:  # noqa: ANN001 - a date
+    """``cal/starflat/YYYY/MMDD/ztfin2p3_YYYYMMDD_000000_{filter}_starflat_{name}``."""
+    return (f"cal/starflat/{date:%Y}/{date:%m%d}/"
+            f"ztfin2p3_{date:%Y%m%d}_000000_{filtercode}_starflat_{name}")  # fmt: skip
+
+
+class StarflatFit(progress.OneLineFailures, luigi.Task):
+    """Starflat fit of one night and filter (:mod:`ztfluigi.starflat`): parquet tables + PNGs.
+
+    Requires the night's aperture catalogues of the filter (narrowed to one ``field`` if given);
+    the master flats they were built with are dynamic dependencies (their quadrant medians give
+    the per-quadrant normalisation). Deterministic: inputs are read in path order.
+    """
+
+    date = NightParameter()
+    filtercode = FilterParameter()
+    field = luigi.IntParameter(default=0, description="only this ZTF field (0 = all)")
+
+    def requires(self) -> ApertureCatalog:
+        return ApertureCatalog(date=self.date, filtercode=self.filtercode, field=self.field)
+
+    def output(self) -> dict[str, storage.FsspecTarget]:
+        out = {name: cal_target(starflat_relpath(self.date, self.filtercode, f"{name}.parquet"))
+               for name in TABLES}  # fmt: skip
+        out |= {name: cal_target(starflat_relpath(self.date, self.filtercode, f"{name}.png"))
+                for name in PICTURES}  # fmt: skip
+        return out
+
+    def catalogue_targets(self) -> list[storage.FsspecTarget]:
+        """The night's catalogue targets of this filter, in path order."""
+        targets = []
+        for c in range(1, 17):
+            unit = ApertureCatalogUnit(date=self.date, ccdid=c, filtercode=self.filtercode,
+                                       field=self.field)  # fmt: skip
+            targets += unit.output()
+        return sorted(targets, key=lambda t: t.path)
+
+    def run(self) -> Iterator[list[luigi.Task]]:
+        targets = self.catalogue_targets()
+        tables = []
+        for i, target in enumerate(targets):
+            tables.append(storage.read_parquet(target))
+            progress.report(self, i, len(targets), "catalogues read")
+        if not tables:
+            raise starflat.StarflatError(f"{self.date} {self.filtercode}: no aperture catalogue")
+        flats = yield from self._flat_tasks(tables)
+        levels = self._quadrant_levels(tables, flats)
+        provenance = {
+            "date": self.date.isoformat(), "filtercode": self.filtercode,
+            "field": str(self.field),
+            "input_catalogues": json.dumps([t.path.rsplit("/", 1)[-1] for t in targets]),
+            "input_flats": json.dumps(sorted(t.path.rsplit("/", 1)[-1] for t in flats.values())),
+        }  # fmt: skip
+        write_products(self.output(), tables, levels, provenance,
+                       f"{self.date} {self.filtercode} starflat")  # fmt: skip
+
+    def _flat_tasks(self, tables: list) -> Iterator[list[luigi.Task]]:  # noqa: ANN001
+        """The master flats the catalogues used (dynamic dependencies), by CCD."""
+        tasks = {}
+        for table in tables:
+            meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+            ccdid = naming.parse_raw_filename(meta["raw_file"]).ccdid
+            night = meta.get("flat_night")
+            if night and ccdid not in tasks:
+                tasks[ccdid] = MasterFlat(date=night, ccdid=ccdid, filtercode=self.filtercode)
+        yield list(tasks.values())
+        return {c: t.output() for c, t in tasks.items()}
+
+    def _quadrant_levels(self, tables: list, flats: dict) -> dict[tuple[int, int], float]:  # noqa: ANN001
+        """Quadrant median of ``Fn × FLTNORM / FLTNORM_FP`` for every quadrant with a flat."""
+        fp = {}
+        for table in tables:
+            meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+            if "fltnorm_fp" in meta:
+                fp[naming.parse_raw_filename(meta["raw_file"]).ccdid] = float(meta["fltnorm_fp"])
+        levels = {}
+        for ccdid, target in flats.items():
+            hdu = storage.read_fits(target)[0]
+            flat = np.asarray(hdu.data, np.float64)
+            norm = float(hdu.header["FLTNORM"])
+            for q in range(1, 5):
+                rows, cols = camera.quadrant_slice(q, flat.shape)
+                levels[(ccdid, q)] = float(np.nanmedian(flat[rows, cols]) * norm / fp[ccdid])
+        return levels
+
+
+def write_products(
+    out: dict[str, storage.FsspecTarget],
+    tables: list,  # noqa: ANN001 - pyarrow tables
+    levels: dict[tuple[int, int], float],
+    provenance: dict[str, str],
+    tag: str,
+    cfg: starflat.StarflatConfig | None = None,
+) -> starflat.StarflatResult:
+    """Fit the catalogues and write the tables (with provenance) and pictures to ``out``."""
+    from ztfluigi import plots  # matplotlib is an optional extra
+
+    cfg = cfg or starflat.StarflatConfig()
+    meas = starflat.measurements_from_catalogues(tables, cfg)
+    result = starflat.fit_starflat(meas, cfg)
+    products = starflat.result_tables(result, levels)
+    metadata = {
+        "ztfluigi.product": "StarflatFit", **provenance,
+        "selection_counts": json.dumps(meas.counts, sort_keys=True),
+        "solver": json.dumps(result.solver, sort_keys=True),
+        "model": "m_ADU = m_s + dZP(cell) + ZP_e + dk_ccd (BP-RP - C0) + k (X - 1)",
+        **cfg.as_metadata(),
+        **{f"version.{k}": v for k, v in package_versions().items()},
+    }  # fmt: skip
+    # The lsmr timing is not part of the product (rebuilds must be identical).
+    metadata["solver"] = json.dumps({k: v for k, v in result.solver.items() if k != "seconds"},
+                                    sort_keys=True)  # fmt: skip
+    for name, table in products.items():
+        if name == "stats":
+            table = table.drop_columns(["solver"]).append_column("solver", [[metadata["solver"]]])
+        meta = {**metadata, "columns": starflat.TABLE_COLUMNS[name]}
+        storage.write_parquet(out[name], table, metadata=meta)
+    stats = (f"χ²/dof {result.chi2_dof:.2f}, {result.source_id.size} stars, "
+             f"{result.n_measurements} measurements, "
+             f"cells {cfg.grid[0]}×{cfg.grid[1]}/quadrant")  # fmt: skip
+    cells = products["cells"].to_pydict()
+    args = (np.array(cells["ccdid"]), np.array(cells["qid"]), np.array(cells["ix"]),
+            np.array(cells["iy"]), cfg.grid)  # fmt: skip
+    pictures = {"residual_fp": ("dzp", "focal-plane normalisation (the pipeline's flats)"),
+                "residual_quadnorm": ("dzp_quadnorm", "flats normalised per quadrant")}  # fmt: skip
+    for name, (column, what) in pictures.items():
+        buf = io.BytesIO()
+        plots.focal_plane_cells(*args, 1000 * np.array(cells[column], dtype=float),
+                                f"{tag}: δZP, {what}\n{stats}", buf)  # fmt: skip
+        storage.write_bytes(out[name], buf.getvalue())
+    quads = products["quadrants"].to_pydict()
+    gain = np.array(quads["gain_rel_quadnorm"], dtype=float)
+    err = gain * 0.4 * np.log(10) * np.array(quads["dzp_mean_err"])
+    buf = io.BytesIO()
+    plots.focal_plane_quadrants(
+        np.array(quads["ccdid"]), np.array(quads["qid"]), gain, err,
+        f"{tag}: fitted gain per quadrant (flats normalised per quadrant)", buf,
+    )  # fmt: skip
+    storage.write_bytes(out["gain"], buf.getvalue())
+    return result
+
+
+def starflat_url(date, filtercode: str, name: str) -> str:  # noqa: ANN001 - a date
+    """URL of one StarflatFit output under ``cal_root``."""
+    return config.settings().cal_url(starflat_relpath(date, filtercode, name))
