@@ -751,3 +751,16 @@ def test_big_endian_mask_reads_the_same_bits():
                                    spec=spec)  # fmt: skip
         assert a["flag"][0, 0] == b["flag"][0, 0] == 0
         assert np.array_equal(a["flux"], b["flux"])
+
+
+def test_star_masked_background_with_either_engine(quadrant):
+    """The star-masked background serves the sep engine too (same maps, rotated)."""
+    q = quadrant
+    exact = ph.PhotometrySpec(saturation=False)
+    with_sep = ph.PhotometrySpec(apertures="sep", saturation=False)
+    a = ph.photometry_catalogue(q["image"], q["mask"], q["header"], q["refcat"], spec=exact)
+    b = ph.photometry_catalogue(q["image"], q["mask"], q["header"], q["refcat"], spec=with_sep)
+    for k in range(len(ph.RADII)):
+        np.testing.assert_allclose(a[f"f_{k}"].to_numpy(), b[f"f_{k}"].to_numpy(), rtol=1e-6)
+    md = {k.decode(): v.decode() for k, v in b.schema.metadata.items()}
+    assert md["photometry.PHBACK"] == "starmasked" and "reference stars" in md["background"]
