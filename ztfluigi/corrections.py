@@ -275,7 +275,7 @@ def _fused_pocket(  # noqa: ANN202
     nover = overscan.shape[1]
     lanes = pocket.LANES
     buf = np.empty((ncols + nover, lanes))
-    work = np.empty((7, lanes))
+    work = np.empty((pocket.WORK_ROWS, lanes))
     bad = 0
     nonfinite = 0
     unconverged = 0
