@@ -1,0 +1,121 @@
+"""Campaigns: region-narrowed nights, the campaign entry, its plan, its rebuild after clean-up."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from tests.helpers import build, luigi_settings
+from ztfluigi import region
+from ztfluigi.cli.plan import plan_campaign
+from ztfluigi.tasks.campaign import (
+    ApertureCatalogCampaign,
+    NightListing,
+    RegionParameter,
+    selected_quadrants,
+)
+from ztfluigi.tasks.parameters import InvalidParameter
+
+#: Two autumn nights of the default synthetic schedule (one field per night at n_fields=1):
+#: 2019-10-01 observes field 400, outside the box; 2019-10-02 field 399, 16 quadrants inside.
+START, STOP = dt.date(2019, 10, 1), dt.date(2019, 10, 2)
+BOX = "23,26,-4,-1"
+
+
+def _index(rows: list[tuple[str, str, int, int, str]]) -> pa.Table:
+    names = ("imgtype", "filtercode", "field", "ccdid", "filename")
+    cols = list(zip(*rows, strict=True))
+    table = {n: pa.array(c) for n, c in zip(names, cols, strict=True)}
+    table["obsjd"] = pa.array([2458758.5 + i / 100 for i in range(len(rows))])
+    return pa.table(table)
+
+
+def test_region_parameter_canonical_and_one_line_errors():
+    p = RegionParameter()
+    assert p.normalize("toy") == "toy"
+    assert p.normalize(" -15,65,-5,35") == "345,65,-5,35"
+    assert p.normalize("") == ""
+    with pytest.raises(InvalidParameter, match="ra_min,ra_max,dec_min,dec_max"):
+        p.normalize("345,65")
+
+
+def test_selected_quadrants_follow_the_footprints():
+    sel = region.selection(BOX)
+    name = "ztf_20191002317921_000399_zr_c{:02d}_o.fits.fz"
+    rows = [("object", "zr", 399, c, name.format(c)) for c in range(1, 17)]
+    rows += [("object", "zg", 399, 5, name.replace("zr", "zg").format(5)),
+             ("bias", "bi", 0, 5, "ztf_20191002010000_000000_bi_c05_b.fits.fz")]  # fmt: skip
+    pairs = selected_quadrants(_index(rows), BOX, "zr")
+    expected = [(c, q) for c in range(1, 17) for q in range(1, 5) if sel.selects(399, c, q)]
+    assert [(r.ccdid, q) for r, q in pairs] == expected and len(expected) == 16
+    assert {r.filtercode for r, _ in selected_quadrants(_index(rows), BOX)} == {"zr", "zg"}
+    assert selected_quadrants(_index(rows), "300,310,60,70", "zr") == []
+    assert len(selected_quadrants(_index(rows), "", "zr")) == 64
+
+
+def test_night_listing_one_find_per_night(luigi_store: Path):
+    from ztfluigi.tasks.campaign import catalogue_night_dir
+
+    night_dir = Path(catalogue_night_dir(START))
+    (night_dir / "123456").mkdir(parents=True)
+    (night_dir / "123456" / "a_apcat.parquet").write_bytes(b"")
+    (night_dir / "123456" / ".b_apcat.parquet.tmp-0abc").write_bytes(b"")
+    listing = NightListing()
+    assert listing.exists(START, "x/123456/a_apcat.parquet")
+    assert not listing.exists(START, "x/123456/b_apcat.parquet")
+    assert not listing.exists(STOP, "x/1/a_apcat.parquet")
+    assert listing.n_listings == 2
+
+
+def _catalogues(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in store.glob("sci/**/*_apcat.parquet")}
+
+
+@pytest.mark.slow
+def test_campaign_builds_the_region_rebuilds_what_is_missing_and_matches_its_plan(tmp_path):
+    store = tmp_path / "store"
+    with luigi_settings({
+        "ztfluigi": {"root": str(store), "archive": "sim"},
+        "sim": {"seed": "0", "scale": "32", "n_fields": "1"},
+    }):  # fmt: skip
+        campaign = ApertureCatalogCampaign(start=START, stop=STOP, region=BOX, filtercode="zr",
+                                           window=1)  # fmt: skip
+        plan = plan_campaign(campaign).totals()
+        assert not campaign.complete()
+        assert build(campaign).status.name == "SUCCESS"
+        assert campaign.complete()
+        built = _catalogues(store)
+        # exactly the selected quadrants were built, and the plan counted them
+        sel = region.selection(BOX)
+        assert len(built) == 16 == plan["quadrants"]["zr"] == plan["catalogues_to_build"]
+        for name in built:
+            field, ccd, qid = name.split("_")[2], name.split("_")[4], name.split("_")[6]
+            assert sel.selects(int(field), int(ccd[1:]), int(qid[1:]))
+        assert plan["nights"] == 2 and plan["nights_with_science"] == 2
+        assert plan["nights_with_selection"] == 1 and plan["exposures"] == {"zr": 1}
+        raw = {p.name for p in store.glob("raw/**/*.fits.fz")}
+        assert len(raw) == sum(plan["raw_files"].values())
+        assert sum(n.endswith("_o.fits.fz") for n in raw) == plan["raw_files"]["object"] == 4
+        masters = list(store.glob("cal/**/*_bias.fits")) + list(store.glob("cal/**/*_flat.fits"))
+        masters += list(store.glob("cal/**/*_fp_flatnorm.fits"))
+        assert len(masters) == sum(plan["masters"].values()) == 16 + 16 + 1
+        after = plan_campaign(campaign).totals()
+        assert after["catalogues_present"] == 16 and after["raw_to_download"] == 0
+        assert after["masters_to_build"] == 0
+
+        # delete a random subset of the catalogues: exactly those come back, identical
+        rng = random.Random(7)
+        gone = rng.sample(sorted(built), 5)
+        kept_mtimes = {n: (store / n).stat().st_mtime_ns for n in built if n not in gone}
+        for name in gone:
+            (store / name).unlink()
+        assert not campaign.complete()
+        state = campaign.state()
+        assert state.present == 11 and state.expected == 16 and state.incomplete == [STOP]
+        assert build(campaign).status.name == "SUCCESS"
+        assert _catalogues(store) == built
+        assert all((store / n).stat().st_mtime_ns == t for n, t in kept_mtimes.items())

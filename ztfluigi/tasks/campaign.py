@@ -1,0 +1,340 @@
+"""Campaigns: a sky region × a range of nights × a band as one declarative Luigi target.
+
+:class:`ApertureCatalogCampaign` is complete exactly when every catalogue it selects exists: the
+science quadrants of the nights from ``start`` to ``stop`` (both included), in the filter, whose
+footprint overlaps the region (:mod:`ztfluigi.region`). Re-running it after a clean-up rebuilds
+exactly the missing catalogues (and the night inputs ``ApertureCatalog`` checks on those nights).
+
+Scheduling at campaign size (DESIGN.md §5, ``bench/bench_campaign.py``): the campaign never puts
+its nights into one scheduler graph. Its ``run()`` drives *windows* of ``window`` nights one
+after the other; each window is an ordinary Luigi build of the nights' :class:`RegionNight`
+graphs (≈100–200 tasks per night), on the scheduler the campaign itself runs on: a central
+``luigid`` shows the current window's graph and the campaign's progress bar and status line; a
+local scheduler is made afresh per window. Nights whose selected catalogues all exist are not
+scheduled at all. What a scheduler holds is then bounded by a window (plus, on ``luigid``, the
+windows finished within ``[scheduler] remove_delay``), whatever the number of nights. Yielding
+windows as dynamic dependencies instead keeps every finished task registered (the worker stays
+their stakeholder) and Luigi's prune walks all of them on every ``get_work``: measured to grow
+with the campaign, so not used.
+
+:class:`RegionRawFiles`, :class:`RegionCatalogUnit` and :class:`RegionNight` are the night
+entry points narrowed to a region: ``RawFiles``, ``ApertureCatalogUnit`` and ``ApertureCatalog``
+with a ``region`` parameter, whose branches are the region's files and quadrants only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable, Iterator
+
+import luigi
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ztfluigi import camera, naming, region, storage
+from ztfluigi.naming import RawName
+from ztfluigi.tasks import progress
+from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, catalog_target
+from ztfluigi.tasks.parameters import FilterParameter, InvalidParameter, NightParameter
+from ztfluigi.tasks.ranges import nights
+from ztfluigi.tasks.raw import RawFiles, RawIndex, night_index, raw_target
+
+logger = logging.getLogger("luigi-interface")
+
+
+class RegionParameter(luigi.Parameter):
+    """A sky region: '' (whole sky), a preset (``toy``) or ``ra_min,ra_max,dec_min,dec_max``."""
+
+    def normalize(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parsed = region.parse_region(str(value))
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from None
+        return parsed.spec() if parsed else ""
+
+
+# --- what a region selects in a night ---------------------------------------------------------
+
+
+def selected_quadrants(
+    index: pa.Table, spec: str, filtercode: str = "", ccdid: int = 0
+) -> list[tuple[RawName, int]]:
+    """(raw science file, qid) of a night's RawIndex whose footprint overlaps the region."""
+    mask = pc.equal(index["imgtype"], "object")
+    if filtercode:
+        mask = pc.and_(mask, pc.equal(index["filtercode"], filtercode))
+    if ccdid:
+        mask = pc.and_(mask, pc.equal(index["ccdid"], ccdid))
+    rows = index.filter(mask).sort_by([("ccdid", "ascending"), ("obsjd", "ascending")])
+    if rows.num_rows == 0:
+        return []
+    sel = region.selection(spec)
+    ccds = rows["ccdid"].to_numpy()
+    quads = sel.quadrants_mask(rows["field"].to_numpy())
+    names = rows["filename"].to_pylist()
+    out = []
+    for i, (name, c) in enumerate(zip(names, ccds, strict=True)):
+        qids = [q for q in range(1, 5) if quads[i, camera.rcid(int(c), q)]]
+        if qids:
+            rawname = naming.parse_raw_filename(name)
+            out += [(rawname, q) for q in qids]
+    return out
+
+
+def night_catalogues(date: dt.date, spec: str, filtercode: str = "") -> list[str] | None:
+    """URLs of the catalogues the region selects in a night; None before its RawIndex exists."""
+    if not RawIndex(date=date).output().exists():
+        return None
+    return [catalog_target(r, q).path for r, q in selected_quadrants(night_index(date), spec,
+                                                                      filtercode)]  # fmt: skip
+
+
+def catalogue_night_dir(date: dt.date) -> str:
+    """URL of a night's directory in the catalogue store: ``…/sci/YYYY/MMDD``."""
+    probe = RawName(f"{date:%Y%m%d}000000", 0, "zg", 1, "o")
+    return catalog_target(probe, 1).path.rsplit("/", 2)[0]
+
+
+def raw_night_dir(date: dt.date) -> str:
+    """URL of a night's directory in the raw store: ``…/raw/YYYY/MMDD``."""
+    probe = RawName(f"{date:%Y%m%d}000000", 0, "zg", 1, "o")
+    return raw_target(probe).path.rsplit("/", 2)[0]
+
+
+class NightListing:
+    """Names of the files under each night's directory of a store, one recursive listing per night.
+
+    A five-year campaign has ~50,000 exposure directories; listing each night's tree at once
+    (``find``: one paginated LIST without delimiter on S3, a directory walk on disk) costs one
+    request per 1,000 files instead of one per exposure directory.
+    """
+
+    def __init__(self, night_dir: Callable[[dt.date], str] = catalogue_night_dir) -> None:
+        self.night_dir = night_dir
+        self._names: dict[dt.date, set[str]] = {}
+        self.n_listings = 0
+
+    def names(self, date: dt.date) -> set[str]:
+        """Base names of every file under the night's directory (hidden temporaries excluded)."""
+        if date not in self._names:
+            url = self.night_dir(date)
+            fs = storage.get_target(url).fs.fsspec
+            path = fs._strip_protocol(url)
+            fs.invalidate_cache(path)
+            try:
+                found = fs.find(path)
+            except (FileNotFoundError, NotADirectoryError):
+                found = []
+            self.n_listings += 1
+            names = {p.rstrip("/").rpartition("/")[2] for p in found}
+            self._names[date] = {n for n in names if n and not n.startswith(".")}
+        return self._names[date]
+
+    def exists(self, date: dt.date, url: str) -> bool:
+        """Whether the file ``url`` of night ``date`` exists."""
+        return url.rpartition("/")[2] in self.names(date)
+
+
+# --- night entry points narrowed to a region ----------------------------------------------------
+
+
+class RegionRawFiles(RawFiles):
+    """Raw files of one night, CCD and image type whose footprint on their CCD meets the region."""
+
+    region = RegionParameter(default="", description="sky region (toy, or ra1,ra2,dec1,dec2)")
+
+    def branches(self) -> list[RawName]:
+        if not self.region:
+            return super().branches()
+        sel = region.selection(self.region)
+        return [r for r in super().branches() if sel.selects_ccd(r.field, r.ccdid)]
+
+
+class RegionCatalogUnit(ApertureCatalogUnit):
+    """The catalogues of one night, CCD and filter whose quadrant overlaps the region."""
+
+    region = RegionParameter(default="", description="sky region (toy, or ra1,ra2,dec1,dec2)")
+
+    def requires(self) -> dict[str, luigi.Task]:
+        return {
+            "index": RawIndex(date=self.date),
+            "raw": RegionRawFiles(date=self.date, ccdid=self.ccdid, imgtype="object",
+                                  filtercode=self.filtercode, region=self.region),  # fmt: skip
+        }
+
+    def branches(self) -> list[tuple[RawName, int]]:
+        pairs = selected_quadrants(night_index(self.date), self.region, self.filtercode, self.ccdid)
+        return [(r, q) for r, q in pairs if self.field in (0, r.field)]
+
+
+class RegionNight(ApertureCatalog):
+    """A night's catalogues in a region, with the night inputs they need (``ApertureCatalog``).
+
+    Science raw files are those of the region only; a night without a selected quadrant needs no
+    master calibration. The night's own masters, when it has selected quadrants, are those of
+    every CCD (a focal-plane level is made from the sixteen flats, each flat from its CCD's bias).
+    """
+
+    region = RegionParameter(default="", description="sky region (toy, or ra1,ra2,dec1,dec2)")
+
+    def requires(self) -> list[ApertureCatalogUnit]:
+        ccds, filters = self._selection()
+        return [RegionCatalogUnit(date=self.date, ccdid=c, filtercode=f, field=self.field,
+                                  region=self.region) for c in ccds for f in filters]  # fmt: skip
+
+    def night_inputs(self) -> list[luigi.Task]:
+        reqs = super().night_inputs()
+        if not reqs:
+            return []
+        _, filters = self._selection()
+        index = night_index(self.date)
+        used = {r.ccdid for f in filters for r, _ in selected_quadrants(index, self.region, f)
+                if self.field in (0, r.field)}  # fmt: skip
+        out: list[luigi.Task] = []
+        for task in reqs:
+            if isinstance(task, RawFiles) and task.imgtype == "object":
+                if task.ccdid in used:
+                    out.append(RegionRawFiles(region=self.region, **task.param_kwargs))
+            elif used:
+                out.append(task)
+        return out
+
+
+# --- the campaign -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CampaignState:
+    """Where a campaign's nights stand: (catalogues present, selected) per indexed night."""
+
+    counts: dict[dt.date, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    unknown: list[dt.date] = dataclasses.field(default_factory=list)  #: no RawIndex yet
+
+    @property
+    def present(self) -> int:
+        return sum(p for p, _ in self.counts.values())
+
+    @property
+    def expected(self) -> int:
+        return sum(e for _, e in self.counts.values())
+
+    @property
+    def incomplete(self) -> list[dt.date]:
+        """Indexed nights missing a selected catalogue."""
+        return [d for d, (p, e) in self.counts.items() if p < e]
+
+    def update(self, other: CampaignState) -> None:
+        """Take ``other``'s answers for its nights."""
+        self.counts.update(other.counts)
+        self.unknown = sorted(set(self.unknown) - set(other.counts) | set(other.unknown))
+
+
+class CampaignError(RuntimeError):
+    """Some nights of a campaign failed; the others were built."""
+
+
+def _windows(items: list[dt.date], size: int) -> Iterator[list[dt.date]]:
+    for i in range(0, len(items), max(size, 1)):
+        yield items[i : i + size]
+
+
+class ApertureCatalogCampaign(progress.OneLineFailures, luigi.Task):
+    """Every aperture catalogue of a sky region, nights ``start``..``stop`` (included), a filter.
+
+    Complete exactly when every selected catalogue exists. Runs the incomplete nights in windows
+    of ``window`` nights, one Luigi build at a time (``workers`` processes each), so a scheduler
+    never holds more than a window's tasks.
+    """
+
+    start = NightParameter(description="first UT night (YYYY-MM-DD)")
+    stop = NightParameter(description="last UT night, included (YYYY-MM-DD)")
+    region = RegionParameter(default="toy", description="sky region: toy, or ra1,ra2,dec1,dec2")
+    filtercode = FilterParameter(default="", allow_all=True)
+    window = luigi.IntParameter(default=7, significant=False,
+                                description="nights per scheduling window")  # fmt: skip
+    workers = luigi.IntParameter(default=1, significant=False,
+                                 description="worker processes of each window's build")  # fmt: skip
+
+    def nights(self) -> list[dt.date]:
+        """The campaign's UT nights."""
+        return nights(self.start, self.stop)
+
+    def night_task(self, date: dt.date) -> RegionNight:
+        """The night's entry task narrowed to the region and filter."""
+        return RegionNight(date=date, filtercode=self.filtercode, region=self.region)
+
+    def state(self, dates: Iterable[dt.date] | None = None, stop_early: bool = False
+              ) -> CampaignState:  # fmt: skip
+        """Selected catalogues present per indexed night (one listing per night), and the nights
+        not indexed yet; ``stop_early``: stop at the first night found incomplete."""
+        listing = NightListing()
+        st = CampaignState()
+        for date in self.nights() if dates is None else dates:
+            urls = night_catalogues(date, self.region, self.filtercode)
+            if urls is None:
+                st.unknown.append(date)
+            else:
+                have = sum(listing.exists(date, u) for u in urls) if urls else 0
+                st.counts[date] = (have, len(urls))
+            if stop_early and (st.unknown or st.incomplete):
+                break
+        return st
+
+    def complete(self) -> bool:
+        st = self.state(stop_early=True)
+        return not st.unknown and not st.incomplete
+
+    def output(self) -> list[storage.FsspecTarget]:
+        """The selected catalogues of the nights already indexed (for ``luigi`` tools)."""
+        out = []
+        for date in self.nights():
+            urls = night_catalogues(date, self.region, self.filtercode) or []
+            out += [storage.get_target(u) for u in urls]
+        return out
+
+    def _build_kwargs(self) -> dict[str, object]:
+        """Build each window on the scheduler this task runs on (luigid), else a fresh local one."""
+        from luigi import rpc
+
+        reporter = getattr(self.set_status_message, "__self__", None)
+        scheduler = getattr(reporter, "_scheduler", None)
+        if isinstance(scheduler, rpc.RemoteScheduler):
+            return {"scheduler_url": scheduler._url}
+        return {"local_scheduler": True}
+
+    def run(self) -> None:
+        state = self.state()
+        todo = sorted(state.unknown + state.incomplete)
+        windows = list(_windows(todo, self.window))
+        failed: list[str] = []
+        kwargs = self._build_kwargs()
+        for i, window in enumerate(windows):
+            self._report(i, len(windows), window, state, len(failed))
+            tasks = [self.night_task(d) for d in window]
+            result = luigi.build(tasks, workers=self.workers, detailed_summary=True,
+                                 log_level="WARNING", **kwargs)  # fmt: skip
+            if result.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY"):
+                failed.append(f"{window[0]}..{window[-1]}: {result.one_line_summary}")
+            state.update(self.state(window))
+        self._report(len(windows), len(windows), [], state, len(failed))
+        left = sorted(state.unknown + state.incomplete)
+        if failed or left:
+            shown = ", ".join(map(str, left[:5])) + ("…" if len(left) > 5 else "")
+            raise CampaignError(f"{len(left)} nights incomplete ({shown}); {'; '.join(failed[:3])}")
+
+    def _report(self, i: int, n: int, window: list[dt.date], state: CampaignState,
+                n_failed: int) -> None:  # fmt: skip
+        """Progress bar = windows done; status line = window, catalogues present, failures."""
+        if self.set_status_message is None:
+            return
+        where = f"window {i + 1}/{n} ({window[0]}..{window[-1]})" if window else f"{n} windows run"
+        self.set_status_message(
+            f"{where}; {state.present}/{state.expected} catalogues present in "
+            f"{len(state.counts)} indexed nights, {len(state.unknown)} nights not indexed yet, "
+            f"{n_failed} windows with failures"
+        )
+        self.set_progress_percentage(100 * i // max(n, 1))
