@@ -176,9 +176,18 @@ def test_disk_mask():
     out, n = ap.disk_mask((50, 60), [10.0, 59.5, np.nan], [10.0, -2.0, 5.0], [3.0, 4.0, 2.0])
     yy, xx = np.mgrid[:50, :60]
     expected = ((xx - 10) ** 2 + (yy - 10) ** 2 <= 9) | ((xx - 59.5) ** 2 + (yy + 2) ** 2 <= 16)
-    assert np.array_equal(out, expected) and n == 3
+    assert np.array_equal(out, expected) and n == 2  # the NaN centre is skipped
+    # one cell: the second disk is left out once the first has covered > 3 %
     capped, n = ap.disk_mask((50, 60), [10.0, 30.0, 45.0], [25.0] * 3, [8.0] * 3, 0.03)
-    assert n == 1 and capped[:, 25:].sum() == 0  # stops after the disk crossing 3 %
+    assert n == 1 and capped[:, 20:].sum() == 0
+    # cells of 20 × 50 px: each disk in its own cell, the base counts towards the limit
+    base = np.zeros((50, 60), bool)
+    base[:, 40:] = True  # the third cell is full already
+    cells, n = ap.disk_mask((50, 60), [10.0, 30.0, 50.0], [25.0] * 3, [5.0] * 3, 0.2,
+                            base=base, cell=(20, 50))  # fmt: skip
+    assert n == 2 and cells[25, 10] and cells[25, 30] and cells[:, 40:].all()
+    disk = ((xx - 10) ** 2 + (yy - 25) ** 2 <= 25).sum()
+    assert cells.sum() == base.sum() + 2 * disk
 
 
 # ------------------------------------------------------------------------------------------

@@ -498,12 +498,38 @@ def circular_apertures(
 
 
 @numba.njit(cache=True, nogil=True)
-def _disks(out: np.ndarray, x: np.ndarray, y: np.ndarray, r: np.ndarray, limit: np.int64) -> int:
+def _disks(
+    out: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    r: np.ndarray,
+    cw: np.int64,
+    ch: np.int64,
+    max_fraction: float,
+) -> int:
     ny, nx = out.shape
-    covered = 0
+    ncx = (nx + cw - 1) // cw
+    ncy = (ny + ch - 1) // ch
+    masked = np.zeros((ncy, ncx), np.int64)
+    limit = np.empty((ncy, ncx))
+    for cy in range(ncy):
+        for cx in range(ncx):
+            h = min(ch, ny - cy * ch)
+            w = min(cw, nx - cx * cw)
+            limit[cy, cx] = max_fraction * h * w
+    for iy in range(ny):
+        for ix in range(nx):
+            if out[iy, ix]:
+                masked[iy // ch, ix // cw] += 1
+    painted = 0
     for i in range(x.size):
         ri = r[i]
         if not (ri > 0.0) or not np.isfinite(x[i]) or not np.isfinite(y[i]):
+            continue
+        # the mesh cell of the centre (clamped onto the image for stars beyond the edge)
+        cx = min(max(np.int64(math.floor(x[i] + 0.5)), 0), nx - 1) // cw
+        cy = min(max(np.int64(math.floor(y[i] + 0.5)), 0), ny - 1) // ch
+        if masked[cy, cx] > limit[cy, cx]:
             continue
         r2 = ri * ri
         ya = max(np.int64(math.ceil(y[i] - ri)), 0)
@@ -516,10 +542,9 @@ def _disks(out: np.ndarray, x: np.ndarray, y: np.ndarray, r: np.ndarray, limit: 
                 dx = ix - x[i]
                 if dx * dx + dy * dy <= r2 and not out[iy, ix]:
                     out[iy, ix] = True
-                    covered += 1
-        if covered > limit:
-            return i + 1
-    return x.size
+                    masked[iy // ch, ix // cw] += 1
+        painted += 1
+    return painted
 
 
 def disk_mask(
@@ -528,17 +553,26 @@ def disk_mask(
     y: np.ndarray,
     radius: np.ndarray,
     max_fraction: float = 1.0,
+    *,
+    base: np.ndarray | None = None,
+    cell: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Boolean image, True within ``radius`` (pixels) of any centre ``(x, y)`` (0-based).
+    """Boolean image: ``base`` or'ed with disks of ``radius`` (pixels) at ``(x, y)`` (0-based).
 
-    Disks are painted in the order given; painting stops after the disk that takes the covered
-    fraction of the image above ``max_fraction`` (pass the brightest stars first). Returns the
-    mask and the number of disks painted. Non-finite centres or radii are skipped.
+    The image is cut in cells of ``cell = (width, height)`` pixels from pixel (0, 0) (default one
+    cell: the image). A disk is painted only while the cell holding its centre (clamped onto the
+    image) has at most ``max_fraction`` of its pixels masked, ``base`` included: pass the
+    brightest stars first so that in crowded cells the faint ones are the ones left out, and the
+    cells of sep's background mesh so that every cell keeps enough sky (sep ignores a mesh cell
+    with fewer than half of its pixels usable, and returns 0 when all are). Returns the mask and
+    the number of disks painted. Non-finite centres or radii are skipped.
     """
-    out = np.zeros(shape, dtype=bool)
+    out = np.zeros(shape, dtype=bool) if base is None else np.array(base, dtype=bool, copy=True)
+    if out.shape != tuple(shape):
+        raise ValueError(f"base shape {out.shape} != {tuple(shape)}")
+    cw, ch = (shape[1], shape[0]) if cell is None else cell
     x = np.ascontiguousarray(x, dtype=np.float64)
     y = np.ascontiguousarray(y, dtype=np.float64)
     r = np.ascontiguousarray(np.broadcast_to(radius, x.shape), dtype=np.float64)
-    limit = np.int64(math.floor(max_fraction * shape[0] * shape[1]))
-    painted = _disks(out, x, y, r, limit)
+    painted = _disks(out, x, y, r, np.int64(cw), np.int64(ch), float(max_fraction))
     return out, int(painted)

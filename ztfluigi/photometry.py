@@ -257,8 +257,8 @@ class PhotometrySpec:
     * ``star_mask_*``: the background star mask: radius ``r20 · 10^(slope · (20 − G))`` px,
       clipped to ``[rmin, rmax]`` (a Moffat β = 2.5 star's wing falls below a fixed surface
       brightness at a radius ∝ flux^(1/5), i.e. slope 0.08); G missing → ``rmin``; disks are
-      painted brightest first and stop once ``max_fraction`` of the quadrant is covered (dense
-      fields keep enough sky for the mesh).
+      painted brightest first, leaving out stars in a background mesh cell already more than
+      ``max_fraction`` masked (IPAC mask included): dense fields keep enough sky for the mesh.
     """
 
     apertures: str = "exact"
@@ -268,7 +268,7 @@ class PhotometrySpec:
     star_mask_slope: float = 0.08  #: dex of radius per magnitude
     star_mask_rmin: float = 3.0  #: px
     star_mask_rmax: float = 40.0  #: px
-    star_mask_max_fraction: float = 0.5  #: of the quadrant's pixels
+    star_mask_max_fraction: float = 0.4  #: of a background mesh cell's pixels
 
     def __post_init__(self) -> None:
         if self.apertures not in APERTURE_ENGINES:
@@ -297,7 +297,7 @@ class PhotometrySpec:
             ("PHSMSLP", self.star_mask_slope, "[dex/mag] star mask radius slope in G"),
             ("PHSMRMIN", self.star_mask_rmin, "[px] smallest star mask radius"),
             ("PHSMRMAX", self.star_mask_rmax, "[px] largest star mask radius"),
-            ("PHSMFRAC", self.star_mask_max_fraction, "largest star-masked fraction"),
+            ("PHSMFRAC", self.star_mask_max_fraction, "star mask: max masked fraction of a cell"),
         ]
 
     def metadata(self, prefix: str = "photometry") -> dict[str, str]:
@@ -580,11 +580,17 @@ def star_mask(
     y_raw: np.ndarray,
     gmag: np.ndarray,
     spec: PhotometrySpec | None = None,
+    *,
+    base: np.ndarray | None = None,
+    mesh: tuple[int, int] = BACKGROUND_MESH,
 ) -> np.ndarray:
-    """Pixels within :func:`star_mask_radius` of any reference star (raw frame, bool).
+    """``base`` (e.g. the IPAC mask) plus the pixels within :func:`star_mask_radius` of the
+    reference stars (raw frame, bool).
 
     Stars off the image still mask the pixels their disk reaches. Disks are painted brightest
-    first and painting stops once ``spec.star_mask_max_fraction`` of the pixels is covered.
+    first; a star is left out once the background mesh cell (``mesh`` = (bw, bh) px from pixel
+    (0, 0)) holding it has more than ``spec.star_mask_max_fraction`` of its pixels masked
+    (``base`` included), so that sep keeps every cell (it drops cells less than half usable).
     """
     spec = PhotometrySpec() if spec is None else spec
     g = np.asarray(gmag, dtype=np.float64)
@@ -592,7 +598,7 @@ def star_mask(
     radius = star_mask_radius(g, spec)[order]
     out, _ = apertures.disk_mask(
         shape, np.asarray(x_raw, float)[order], np.asarray(y_raw, float)[order], radius,
-        spec.star_mask_max_fraction,
+        spec.star_mask_max_fraction, base=base, cell=mesh,
     )  # fmt: skip
     return out
 
@@ -632,10 +638,10 @@ def quadrant_background(
     if spec.background == "sep":
         return background(image, mask, *mesh)
     bad = _bad_pixels(image, mask, MASK_ALL)
-    bad |= star_mask(image.shape, x_raw, y_raw, gmag, spec)
     if spec.saturation and math.isfinite(saturate):
         with np.errstate(invalid="ignore"):
             bad |= image > saturate
+    bad = star_mask(image.shape, x_raw, y_raw, gmag, spec, base=bad, mesh=mesh)
     return _sep_background(image, bad, *mesh)
 
 
