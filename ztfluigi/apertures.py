@@ -222,6 +222,7 @@ def _apertures(
     saturate: float,
     x: np.ndarray,
     y: np.ndarray,
+    visit: np.ndarray,
     radii: np.ndarray,
     out_sum: np.ndarray,
     out_var: np.ndarray,
@@ -233,6 +234,7 @@ def _apertures(
 ) -> None:
     """One pass per star over the box of the largest radius; ``radii`` ascending.
 
+    Stars are visited in the order ``visit`` (by row: neighbouring stamps share cached rows).
     A pixel whose centre is within ``r_k − 0.7072`` of the star is wholly inside every radius
     from ``k`` on: it is added once to bucket ``k`` and the buckets are summed cumulatively at
     the end. Pixels in a radius' partial band (at most two radii for unit spacing) get their
@@ -267,7 +269,8 @@ def _apertures(
     f_nmask = np.empty(nk, np.int64)
     f_nsat = np.empty(nk, np.int64)
     var_const = err_value * err_value  # float32, as sep
-    for i in range(x.size):
+    for j in range(visit.size):
+        i = visit[j]
         xi = x[i]
         yi = y[i]
         for k in range(nk):
@@ -483,7 +486,7 @@ def circular_apertures(
     )  # fmt: skip
     _apertures(
         img, bk, has_back, er, has_err, err_value, mk, has_mask, np.int64(bits),
-        np.int64(saturated_bits), float(saturate), x, y, r_sorted,
+        np.int64(saturated_bits), float(saturate), x, y, np.argsort(y, kind="stable"), r_sorted,
         out.sum, out.var, out.area, out.masked_area, out.n_masked, out.n_saturated, out.sep_flag,
     )  # fmt: skip
     if np.any(order != np.arange(r.size)):
