@@ -64,6 +64,16 @@ class CorrectionSpec:
             return pocket.is_active(date)
         return self.pocket == "on"
 
+    def for_imgtype(self, imgtype: str) -> CorrectionSpec:
+        """The spec a frame of this IMGTYPE gets: bias frames never get the pocket correction.
+
+        On zero-signal frames the inversion is ill-conditioned (every positive noise pixel
+        jumps to ``n*`` ≈ 50–70 DN on CCD 6): single bias frames get ×10 the noise and a
+        master bias of 9 frames a −1 DN offset (``tests/test_pocket_truth.py``); ztfin2p3
+        does not correct biases either. Flats and science frames keep the setting.
+        """
+        return dataclasses.replace(self, pocket="off") if imgtype == "bias" else self
+
     def resolved(self, date: dt.date) -> CorrectionSpec:
         """This spec with ``pocket`` resolved for a UT date ("on"/"off"): what runs, for headers."""
         return dataclasses.replace(self, pocket="on" if self.pocket_applies(date) else "off")
