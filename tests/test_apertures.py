@@ -211,11 +211,13 @@ def real_quadrant_dir() -> Path:
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
                             ":all:", "--quiet", "-d", str(cache), SDIST], check=True,
                            env=clean_env(), timeout=1200)  # fmt: skip
-            with tarfile.open(next(cache.glob("ztfimg-0.19.0.tar.gz"))) as tar:
+            tarball = next(cache.glob("ztfimg-0.19.0.tar.gz"))
+            with tarfile.open(tarball) as tar:
                 for member in tar.getmembers():
                     if member.name.endswith(("_sciimg.fits", "_mskimg.fits")):
                         member.name = Path(member.name).name
                         tar.extract(member, cache, filter="data")
+            tarball.unlink()
             done.write_text("ok")
     return cache
 
