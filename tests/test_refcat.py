@@ -205,15 +205,15 @@ def test_partitions_counted_and_listing_fallback(tmp_path, sky):
     refcat.write_catalog(str(root), split(sky, 6), name="count")
     cat = refcat.RefCatalog(str(root))
     reads = []
-    original = cat.read_partition
+    original = cat.read_row_groups
 
-    def counting(order, npix, columns=None):
+    def counting(order, npix, groups, columns=None):
         reads.append((order, npix))
-        return original(order, npix, columns)
+        return original(order, npix, groups, columns)
 
-    cat.read_partition = counting
+    cat.read_row_groups = counting
     cat.cone(150.0, 30.0, 0.3)
-    assert sorted(reads) == sorted(cat.partitions_for_cone(150.0, 30.0, 0.3))
+    assert set(reads) <= set(cat.partitions_for_cone(150.0, 30.0, 0.3))
     assert 0 < len(reads) < len(cat.partitions)
     (root / "partition_info.csv").unlink()
     assert not refcat.catalog_exists(str(root))
@@ -347,3 +347,117 @@ def test_proper_motion_nan_is_zero():
     dt = (60000.0 - refcat.julian_year_to_mjd(2016.0)) / 365.25
     assert ra1[3] == pytest.approx(45.0, abs=1e-12)
     assert dec1[3] == pytest.approx(5.0 * dt / 3.6e6, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# Row groups, cache, atomic writes, other layouts
+# ------------------------------------------------------------------------------------------
+
+
+def assert_same_rows(a: pa.Table, b: pa.Table) -> None:
+    """Same schema, rows and row order (NaN == NaN)."""
+    assert a.schema == b.schema
+    for name in a.column_names:
+        np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy(), err_msg=name)
+
+
+def test_healpix_cone_ranges_superset():
+    rng = np.random.default_rng(21)
+    for _ in range(60):
+        ra = rng.uniform(0, 360)
+        dec = np.degrees(np.arcsin(rng.uniform(-1, 1)))
+        radius = float(10 ** rng.uniform(-3, 0.5))
+        n = 2000
+        rho = radius * np.sqrt(rng.uniform(0.0, 1.0, n))
+        rho[: n // 2] = radius * (1 - 1e-9)
+        c = SkyCoord(ra * u.deg, dec * u.deg).directional_offset_by(
+            rng.uniform(0, 2 * np.pi, n) * u.rad, rho * u.deg
+        )
+        ranges = refcat.healpix_cone_ranges(ra, dec, radius)
+        assert np.all(ranges[:, 0] < ranges[:, 1]) and np.all(ranges[1:, 0] > ranges[:-1, 1])
+        hp = refcat.healpix29(c.ra.deg, c.dec.deg)
+        assert refcat._in_ranges(hp, ranges).all(), (ra, dec, radius)
+
+
+def test_row_groups_skipped_same_rows(tmp_path, sky):
+    one = str(tmp_path / "one")
+    many = str(tmp_path / "many")
+    refcat.write_catalog(one, split(sky, 4), name="rg", row_group_rows=1 << 20)
+    refcat.write_catalog(many, split(sky, 4), name="rg", row_group_rows=500)
+    assert pq.read_metadata(tmp_path / "many" / "dataset" / "_metadata").num_row_groups > 100
+    a, b = refcat.RefCatalog(one, cache_mb=0), refcat.RefCatalog(many, cache_mb=0)
+    rng = np.random.default_rng(8)
+    for _ in range(12):
+        ra, dec = 150.0 + rng.uniform(-2, 2), 30.0 + rng.uniform(-2, 2)
+        radius = float(10 ** rng.uniform(-2, 0))
+        got = b.cone(ra, dec, radius)
+        assert_same_rows(got, a.cone(ra, dec, radius))
+        assert set(got["source_id"].to_numpy().tolist()) == brute_ids(sky, ra, dec, radius)
+    assert b.stats["row_groups_skipped"] > 10 * b.stats["row_groups_read"]
+
+
+def test_cache_hits_and_bound(tmp_path, sky):
+    url = str(tmp_path / "cat")
+    refcat.write_catalog(url, split(sky, 5), name="cache", row_group_rows=2000)
+    fresh = refcat.RefCatalog(url, cache_mb=0)
+    cached = refcat.RefCatalog(url)
+    cones = [(150.0 + dx, 30.0 + dy, 0.35) for dx in (-0.2, 0.2) for dy in (-0.2, 0.2)]
+    for cone in cones + cones:
+        assert_same_rows(cached.cone(*cone), fresh.cone(*cone))
+    assert cached.stats["row_groups_cached"] > cached.stats["row_groups_read"] > 0
+    assert fresh.stats["row_groups_cached"] == 0
+    tiny = refcat.RefCatalog(url, cache_mb=0.05)  # ~one row group: evicts all the time
+    for cone in cones + cones:
+        assert_same_rows(tiny.cone(*cone), fresh.cone(*cone))
+    assert tiny._cached_bytes <= tiny.cache_bytes
+    cols = cached.cone(150.0, 30.0, 0.3, columns=["mag"])
+    assert cols.column_names == ["mag"]
+    np.testing.assert_array_equal(cols["mag"], fresh.cone(150.0, 30.0, 0.3)["mag"])
+
+
+def test_writes_are_atomic_commits_properties_last(tmp_path, sky, monkeypatch):
+    from ztfluigi import storage
+
+    committed = []
+    original = storage.write_bytes
+
+    def recording(target, data):
+        committed.append(target.path)
+        original(target, data)
+
+    monkeypatch.setattr(storage, "write_bytes", recording)
+    monkeypatch.setattr(
+        fsspec.spec.AbstractFileSystem, "pipe_file", lambda *a, **k: pytest.fail("pipe_file")
+    )
+    root = tmp_path / "cat"
+    refcat.write_catalog(str(root), split(sky, 5), name="atomic")
+    on_disk = sorted(str(p) for p in root.rglob("*") if p.is_file())
+    assert sorted(committed) == on_disk  # every file went through the atomic commit
+    assert committed[-1] == str(root / "properties")
+    assert committed[-2] == str(root / "hats.properties")
+    assert not [p for p in on_disk if ".tmp-" in p]
+
+
+def test_store_without_index_column_and_directory_leaves(tmp_path, sky):
+    """Stores written elsewhere: no ``_healpix_29`` column; ``Npix=N/`` directory leaves."""
+    root = tmp_path / "cat"
+    parts = split(sky, 5)
+    refcat.write_catalog(str(root), parts, name="plain")
+    for order, npix in parts:
+        leaf = root / refcat.partition_relpath(order, npix)
+        table = pq.read_table(leaf).drop_columns(["_healpix_29"])
+        leaf.unlink()
+        leaf.with_suffix("").mkdir()
+        pq.write_table(table, leaf.with_suffix("") / "part0.parquet")
+    schema = pq.read_schema(root / "dataset" / "_common_metadata").remove(4)
+    pq.write_metadata(schema, root / "dataset" / "_common_metadata")
+    (root / "dataset" / "_metadata").unlink()
+    for name in ("properties", "hats.properties"):
+        text = (root / name).read_text().replace("hats_npix_suffix=.parquet", "hats_npix_suffix=/")
+        (root / name).write_text(text)
+    cat = refcat.RefCatalog(str(root))
+    assert cat.healpix_column is None and cat.npix_suffix == "/"
+    for ra, dec, radius in ((150.0, 30.0, 0.8), (151.2, 29.1, 0.2), (10.0, 10.0, 1.0)):
+        got = cat.cone(ra, dec, radius, columns=["source_id", "mag"])
+        assert got.column_names == ["source_id", "mag"]
+        assert set(got["source_id"].to_numpy().tolist()) == brute_ids(sky, ra, dec, radius)

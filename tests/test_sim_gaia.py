@@ -202,7 +202,10 @@ def test_write_sim_catalog_matches_generate_cone():
         cat = refcat.RefCatalog(url)
         assert cat.properties["obs_collection"] == "ztfsim_gaia_dr3"
         assert cat.properties["ztfsim_seed"] == "8"
-        assert sorted(cat.partitions) == [(gaia.SIM_ORDER, int(p)) for p in pix]
+        shift = 2 * (gaia.SIM_ORDER - gaia.STORE_ORDER)
+        parents = sorted({(gaia.STORE_ORDER, int(p) >> shift) for p in pix})
+        assert sorted(cat.partitions) == parents
+        assert cat.properties["ztfsim_order"] == str(gaia.SIM_ORDER)
         got = cat.cone(ra, dec, 0.4)
         want = gaia.generate_cone(8, ra, dec, 0.4)
         assert_tables_equal(got.sort_by("source_id"), want.sort_by("source_id"))
@@ -210,6 +213,36 @@ def test_write_sim_catalog_matches_generate_cone():
         fs, path = fsspec.core.url_to_fs(url)
         if fs.exists(path):
             fs.rm(path, recursive=True)
+
+
+def test_store_order_does_not_change_the_stars(tmp_path):
+    """The partition order and row groups change the layout only: every cone serves the same
+    rows in the same order as the order-8 store (one partition per generation pixel)."""
+    ra, dec = radec(30.0, 8.0)  # ~35 000 stars/deg²
+    pix = gaia.pixels_for_cone(ra, dec, 0.35)
+    reference = str(tmp_path / "o8")
+    gaia.write_sim_catalog(reference, 5, pix, order=gaia.SIM_ORDER, row_group_rows=1 << 20)
+    ref = refcat.RefCatalog(reference, cache_mb=0)
+    stores = {}
+    for order, rows in ((gaia.STORE_ORDER, gaia.STORE_ROW_GROUP_ROWS), (4, 3000), (7, 1000)):
+        url = str(tmp_path / f"o{order}")
+        gaia.write_sim_catalog(url, 5, pix, order=order, row_group_rows=rows)
+        stores[order] = refcat.RefCatalog(url)
+        assert {o for o, _ in stores[order].partitions} == {order}
+    assert len(stores[gaia.STORE_ORDER].partitions) < len(ref.partitions) / 3
+    rng = np.random.default_rng(1)
+    cones = [(ra, dec, 0.3), (ra, dec, 0.5)]  # the second reaches beyond the stored pixels
+    cones += [(ra + rng.uniform(-0.2, 0.2), dec + rng.uniform(-0.2, 0.2), 0.1) for _ in range(4)]
+    for cone in cones:
+        want = ref.cone(*cone)
+        assert want.num_rows > 0
+        for cat in stores.values():
+            assert_tables_equal(cat.cone(*cone), want)
+    want = gaia.generate_cone(5, ra, dec, 0.3)
+    assert_tables_equal(stores[gaia.STORE_ORDER].cone(ra, dec, 0.3).sort_by("source_id"),
+                        want.sort_by("source_id"))  # fmt: skip
+    with pytest.raises(ValueError):
+        gaia.write_sim_catalog(str(tmp_path / "bad"), 5, pix, order=gaia.SIM_ORDER + 1)
 
 
 def test_invalid_arguments():

@@ -38,6 +38,8 @@ __all__ = [
     "CATALOG_NAME",
     "GAIA_COLUMNS",
     "SIM_ORDER",
+    "STORE_ORDER",
+    "STORE_ROW_GROUP_ROWS",
     "density_per_deg2",
     "galactic_latitude_deg",
     "generate_cone",
@@ -49,6 +51,15 @@ __all__ = [
 
 SIM_ORDER = 8
 """HEALPix order of the generation pixels (nside 256, 0.0524 deg², ~0.23° across)."""
+
+STORE_ORDER = 5
+"""HEALPix order of the stored partitions (nside 32, 3.36 deg², ~1.8° across): a real-size
+quadrant's cone (radius ≈0.62°) meets ≈3.6 partition files instead of ≈52 at order 8, for the
+same rows (bench/bench_refcat.py); row groups keep the reads local. See
+:func:`write_sim_catalog`."""
+
+STORE_ROW_GROUP_ROWS = 20_000
+"""Rows per row group of the stored partitions."""
 
 CATALOG_NAME = "ztfsim_gaia_dr3"
 
@@ -278,26 +289,39 @@ def generate_cone(seed: int, ra: float, dec: float, radius_deg: float) -> pa.Tab
 
 
 class _LazySky(Mapping):
-    """(SIM_ORDER, npix) -> generated table, computed on access (one pixel in memory at a time)."""
+    """(store order, npix) -> the generated stars of its :data:`SIM_ORDER` pixels, on access.
 
-    def __init__(self, seed: int, pixels: Iterable[int]) -> None:
+    A partition at ``order`` <= :data:`SIM_ORDER` holds the listed generation pixels it contains
+    (one partition in memory at a time); their nested indices are contiguous, so the rows stay
+    in ``_healpix_29`` order.
+    """
+
+    def __init__(self, seed: int, pixels: Iterable[int], order: int) -> None:
         self._seed = int(seed)
-        self._keys = sorted({(SIM_ORDER, int(p)) for p in pixels})
-        self._set = set(self._keys)
+        shift = 2 * (SIM_ORDER - int(order))
+        children: dict[tuple[int, int], list[int]] = {}
+        for p in sorted({int(p) for p in pixels}):
+            children.setdefault((int(order), p >> shift), []).append(p)
+        self._children = children
 
     def __getitem__(self, key: tuple[int, int]) -> pa.Table:
-        if tuple(key) not in self._set:
-            raise KeyError(key)
-        return generate_pixel(self._seed, key[1], key[0])
+        pixels = self._children[tuple(key)]
+        return pa.concat_tables(generate_pixel(self._seed, p) for p in pixels)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(self._keys)
+        return iter(self._children)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._children)
 
 
-def write_sim_catalog(url: str, seed: int, pixels: Iterable[int]) -> None:
+def write_sim_catalog(
+    url: str,
+    seed: int,
+    pixels: Iterable[int],
+    order: int = STORE_ORDER,
+    row_group_rows: int = STORE_ROW_GROUP_ROWS,
+) -> None:
     """Write the synthetic sky of some :data:`SIM_ORDER` pixels as a HATS catalogue.
 
     Parameters
@@ -309,14 +333,22 @@ def write_sim_catalog(url: str, seed: int, pixels: Iterable[int]) -> None:
     pixels : iterable of int
         NESTED pixels at :data:`SIM_ORDER` (duplicates ignored); e.g. the union of
         :func:`pixels_for_cone` over the fields of a night, with a margin for proper motion.
+    order : int
+        HEALPix order of the stored partitions (0..:data:`SIM_ORDER`); each holds the listed
+        generation pixels inside it. The stars, and so every cone, do not depend on it.
+    row_group_rows : int
+        Rows per parquet row group (see :func:`ztfluigi.refcat.write_catalog`).
     """
+    if not 0 <= int(order) <= SIM_ORDER:
+        raise ValueError(f"store order must be in 0..{SIM_ORDER}, got {order}")
     refcat.write_catalog(
         url,
-        _LazySky(seed, pixels),
+        _LazySky(seed, pixels, order),
         name=CATALOG_NAME,
         extra_properties={
             "ztfsim_seed": str(int(seed)),
             "ztfsim_generator": "ztfluigi.sim.gaia",
             "ztfsim_order": str(SIM_ORDER),
         },
+        row_group_rows=row_group_rows,
     )
