@@ -4,8 +4,8 @@ Two settings (:class:`PhotometrySpec`, recorded in every catalogue's metadata as
 
 * **default** — ztfluigi's: exact sums for all radii in one pass over each stamp (the compiled
   kernel of :mod:`ztfluigi.apertures`, equal to sep and photutils exact to ≤ 1e-12 of
-  Σ|pixel × overlap|, ≈ 0.4× sep's time); a **star-masked background** (sep's mesh estimator with
-  every reference star masked by a magnitude-dependent disk, :func:`star_mask_radius`: on
+  Σ|pixel × overlap|, 0.3–0.4× sep's time); a **star-masked background** (sep's mesh estimator
+  with every reference star masked by a magnitude-dependent disk, :func:`star_mask_radius`: on
   synthetic quadrants 12 px blank-sky sums average −0.2 to −0.5 DN, against −15 to −27 DN with
   the reference's background, biased high by the light of stars outside the IPAC source mask);
   **saturation** flagged (2) and never rescaled; exact flags (table below).
