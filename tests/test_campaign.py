@@ -119,3 +119,44 @@ def test_campaign_builds_the_region_rebuilds_what_is_missing_and_matches_its_pla
         assert build(campaign).status.name == "SUCCESS"
         assert _catalogues(store) == built
         assert all((store / n).stat().st_mtime_ns == t for n, t in kept_mtimes.items())
+
+
+def _store_index(date: dt.date, rows: list[tuple[str, str, int, int, str]]) -> None:
+    from ztfluigi import storage
+    from ztfluigi.tasks.raw import RawIndex
+
+    storage.write_parquet(RawIndex(date=date).output(), _index(rows))
+
+
+def test_state_complete_and_status_from_stored_indexes(luigi_store: Path):
+    import io
+
+    from ztfluigi import storage
+    from ztfluigi.cli.status import campaign_status
+    from ztfluigi.tasks.catalog import catalog_target
+
+    name = "ztf_20191002317921_000399_{}_c{:02d}_o.fits.fz"
+    rows = [("object", f, 399, c, name.format(f, c)) for f in ("zr", "zg") for c in (5, 9)]
+    _store_index(STOP, rows)
+    campaign = ApertureCatalogCampaign(start=START, stop=STOP, region=BOX, filtercode="zr")
+    assert not campaign.complete()
+    state = campaign.state()
+    assert state.unknown == [START] and state.present == 0 and state.expected == 8
+    _store_index(START, [("bias", "bi", 0, 1, "ztf_20191001010000_000000_bi_c01_b.fits.fz")])
+    from ztfluigi.tasks.raw import night_index
+
+    pairs = selected_quadrants(night_index(STOP), BOX, "zr")
+    for r, q in pairs:
+        storage.write_bytes(catalog_target(r, q), b"")
+    assert campaign.complete() and campaign.state().counts == {START: (0, 0), STOP: (8, 8)}
+    catalog_target(*pairs[0]).remove()
+    assert not campaign.complete()
+    out = io.StringIO()
+    missing = campaign_status(ApertureCatalogCampaign(start=START, stop=STOP, region=BOX), out)
+    text = out.getvalue()
+    # zr: 7 of 8 present; zg: none of its 8 built
+    assert missing == 1 + 8
+    assert "2019  zr           2        1           8         7         1" in text
+    assert "2019  zg           2        1           8         0         8" in text
+    assert "2019  zi           2        0           0         0         0" in text
+    assert "(1 night listings)" in text  # the night without selected quadrants is not listed

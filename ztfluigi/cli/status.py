@@ -29,8 +29,12 @@ def progress_bar(items: list[T], label: str, stream: TextIO | None = None,
         stream.write("\r" + " " * (len(label) + width + 8) + "\r")
 
 
-def status_table(entry_words: list[str], out: TextIO | None = None) -> int:
-    """Print per-kind counts of existing and missing outputs; return the number missing."""
+def status_table(entry_words: list[str], out: TextIO | None = None, verify: bool = False) -> int:
+    """Print per-kind counts of existing and missing outputs; return the number missing.
+
+    ``verify``: also read every existing output and check its integrity; a damaged one is
+    named, set aside (hidden name) and counted as missing, so the next run builds it again.
+    """
     out = out or sys.stdout
     from ztfluigi import storage
     from ztfluigi.cli.entry import entry_task
@@ -41,6 +45,15 @@ def status_table(entry_words: list[str], out: TextIO | None = None) -> int:
     inv = inventory.inventory(entry)
     listing = storage.ListingCache()
     exists = [listing.exists(p.url) for p in progress_bar(inv.products, "checking")]
+    damaged = 0
+    if verify:
+        present = [i for i, e in enumerate(exists) if e]
+        for i in progress_bar(present, "verifying"):
+            problem = inventory.damage(inv.products[i])
+            if problem:
+                aside = storage.quarantine(inv.products[i].url)
+                print(f"damaged: {problem} (set aside as {aside})", file=out)
+                exists[i], damaged = False, damaged + 1
     elapsed = time.monotonic() - start
     print(f"{entry}", file=out)
     print(f"{'kind':<12} {'exist':>8} {'missing':>8} {'total':>8}", file=out)
@@ -56,13 +69,72 @@ def status_table(entry_words: list[str], out: TextIO | None = None) -> int:
     if inv.unknown:
         print(f"{len(inv.unknown)} units not counted yet: their night has no RawIndex "
               f"(e.g. {inv.unknown[0]})", file=out)  # fmt: skip
+    verified = f", verified: {damaged} damaged" if verify else ""
     print(f"checked {len(inv.products)} outputs in {elapsed:.2f} s "
-          f"({listing.n_listings} directory listings)", file=out)  # fmt: skip
+          f"({listing.n_listings} directory listings{verified})", file=out)  # fmt: skip
     return missing + len(inv.unknown)
 
 
+def campaign_status(entry: object, out: TextIO | None = None) -> int:
+    """Per-year, per-band counts of a campaign's selected catalogues (one listing per night).
+
+    Nights without a stored RawIndex are counted apart (their catalogues are not known yet).
+    Returns the number of missing catalogues plus the nights not indexed.
+    """
+    out = out or sys.stdout
+    from ztfluigi import naming
+    from ztfluigi.tasks.campaign import NightListing, selected_quadrants
+    from ztfluigi.tasks.catalog import catalog_target
+    from ztfluigi.tasks.raw import RawIndex, night_index
+
+    start = time.monotonic()
+    filters = [entry.filtercode] if entry.filtercode else list(naming.SCIENCE_FILTERS)
+    listing = NightListing()
+    rows: dict[tuple[int, str], list[int]] = {}  # (year, band) -> nights, with data, exp., exist
+    unknown: list = []
+    dates = entry.nights()
+    for date in progress_bar(dates, "checking"):
+        if not RawIndex(date=date).output().exists():
+            unknown.append(date)
+            continue
+        index = night_index(date)
+        for f in filters:
+            pairs = selected_quadrants(index, entry.region, f)
+            have = sum(listing.exists(date, catalog_target(r, q).path) for r, q in pairs)
+            row = rows.setdefault((date.year, f), [0, 0, 0, 0])
+            row[0] += 1
+            row[1] += bool(pairs)
+            row[2] += len(pairs)
+            row[3] += have
+    elapsed = time.monotonic() - start
+    print(f"{entry}", file=out)
+    print(f"{'year':<6}{'band':<6}{'nights':>8}{'w/ data':>9}{'catalogues':>12}{'exist':>10}"
+          f"{'missing':>10}", file=out)  # fmt: skip
+    total = [0, 0, 0, 0]
+    for (year, band), counts in sorted(rows.items()):
+        n, with_data, expected, have = counts
+        print(f"{year:<6}{band:<6}{n:>8}{with_data:>9}{expected:>12}{have:>10}"
+              f"{expected - have:>10}", file=out)  # fmt: skip
+        total = [a + b for a, b in zip(total, counts, strict=True)]
+    print(f"{'total':<12}{total[0]:>8}{total[1]:>9}{total[2]:>12}{total[3]:>10}"
+          f"{total[2] - total[3]:>10}", file=out)  # fmt: skip
+    if unknown:
+        print(f"{len(unknown)} of {len(dates)} nights not indexed yet (e.g. {unknown[0]}): their "
+              "catalogues are not known", file=out)  # fmt: skip
+    print(f"checked {total[2]} catalogues of {len(dates)} nights in {elapsed:.2f} s "
+          f"({listing.n_listings} night listings)", file=out)  # fmt: skip
+    return total[2] - total[3] + len(unknown)
+
+
 def _status(args: argparse.Namespace) -> int:
-    missing = status_table(args.task)
+    from ztfluigi.cli.entry import entry_task
+    from ztfluigi.tasks.campaign import ApertureCatalogCampaign
+
+    entry = entry_task(args.task)
+    if isinstance(entry, ApertureCatalogCampaign):
+        missing = campaign_status(entry)
+    else:
+        missing = status_table(args.task)
     return 1 if args.check and missing else 0
 
 
@@ -71,9 +143,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "status", help="count existing and missing outputs of a task, per product kind",
         description="Count the stored outputs an entry task stands for (bulk existence: one "
-        "listing per directory). Example: ztfluigi status ApertureCatalog --date 2019-03-31",
+        "listing per directory; a campaign: its catalogues per year and band, one listing per "
+        "night). Example: ztfluigi status ApertureCatalog --date 2019-03-31",
     )  # fmt: skip
     p.add_argument("--check", action="store_true", help="exit 1 when anything is missing")
+    p.add_argument("--verify", action="store_true",
+                   help="read every existing output and check its checksums; damaged ones are "
+                        "named and set aside, so that the next run builds them again")  # fmt: skip
     p.add_argument("task", nargs=argparse.REMAINDER, help="entry task and its parameters")
     p.set_defaults(func=_status)
 
