@@ -34,6 +34,7 @@ There is no pure-numpy engine: sep remains the reference implementation (``Photo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -54,6 +55,14 @@ SEP_APER_HASMASKED = 32  #: sep's APER_HASMASKED as sep computes it (masked pixe
 _BAND = 0.7072  # sep: half-diagonal margin of the partially-covered annulus, pixels
 
 
+def _njit(func: Callable) -> Callable:
+    """``numba.njit(nogil=True)``, cached on disk when a cache location is writable."""
+    try:
+        return numba.njit(cache=True, nogil=True)(func)
+    except RuntimeError:  # "cannot cache function …: no locator available"
+        return numba.njit(nogil=True)(func)
+
+
 # ------------------------------------------------------------------------------------------
 # Exact overlap of a rectangle and a circle centred at the origin (sep overlap.h)
 # ------------------------------------------------------------------------------------------
@@ -69,7 +78,7 @@ _SEGMENT_SERIES = tuple(
 _C = _SEGMENT_SERIES
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit
 def _area_arc(x1: float, y1: float, x2: float, y2: float, r: float) -> float:
     """Area between the chord (x1, y1)–(x2, y2) and the arc of radius ``r`` (sep ``area_arc``)."""
     a = math.sqrt((x2 - x1) * (x2 - x1) + (y2 - y1) * (y2 - y1))
@@ -95,12 +104,12 @@ def _area_arc(x1: float, y1: float, x2: float, y2: float, r: float) -> float:
     return 0.5 * r * r * (theta - math.sin(theta))
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit
 def _area_triangle(x1: float, y1: float, x2: float, y2: float, x3: float, y3: float) -> float:
     return 0.5 * abs(x1 * (y2 - y3) + x2 * (y3 - y1) + x3 * (y1 - y2))
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit
 def _core(xmin: float, ymin: float, xmax: float, ymax: float, r: float) -> float:
     """Overlap for ``xmax ≥ xmin ≥ 0``, ``ymax ≥ ymin ≥ 0`` (sep ``circoverlap_core``)."""
     xmin2 = xmin * xmin
@@ -151,7 +160,7 @@ def _core(xmin: float, ymin: float, xmax: float, ymax: float, r: float) -> float
     return _area_arc(x1, y1, x2, y2, r) + _area_triangle(x1, y1, x2, y2, xmin, ymin)
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit
 def _quadrant(xmin: float, ymin: float, xmax: float, ymax: float, r: float) -> float:
     """sep ``circoverlap`` for a box that straddles neither axis (its four reflections)."""
     if 0.0 <= xmin:
@@ -163,7 +172,7 @@ def _quadrant(xmin: float, ymin: float, xmax: float, ymax: float, r: float) -> f
     return _core(-xmax, -ymax, -xmin, -ymin, r)
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit
 def _overlap(xmin: float, ymin: float, xmax: float, ymax: float, r: float) -> float:
     """Area of the box inside the circle of radius ``r`` at the origin: sep ``circoverlap``,
     with its recursion unrolled (a split box never straddles an axis again) and the same order
@@ -186,7 +195,7 @@ def _overlap(xmin: float, ymin: float, xmax: float, ymax: float, r: float) -> fl
     )
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit
 def _overlap_vec(dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     out = np.empty(dx.size)
     for i in range(dx.size):
@@ -207,7 +216,7 @@ def circular_overlap(dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit
 def _apertures(
     data: np.ndarray,
     back: np.ndarray,
@@ -500,7 +509,7 @@ def circular_apertures(
 # ------------------------------------------------------------------------------------------
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit
 def _disks(
     out: np.ndarray,
     x: np.ndarray,
