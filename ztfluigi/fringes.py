@@ -22,7 +22,7 @@ Method (after ``fringez``, ``../shared/spec/fringes.md``, changed where noted an
    mean map is subtracted at a fixed amplitude, which is wrong when the line flux changes.
    Modes are scaled to unit RMS, so a coefficient is the RMS of that component / sky.
 4. **Correction** (:func:`correct`): on source-free, unclipped pixels (every
-   :data:`FIT_STRIDE`-th row and column), least squares of ``S / sky − 1`` on the K modes plus a
+   :func:`fit_stride`-th row and column), least squares of ``S / sky − 1`` on the K modes plus a
    degree-2 surface (the background, not subtracted), two clip passes; the fringe
    ``sky × Σ c_k mode_k`` is subtracted from every pixel (NaN stay NaN). fringez projects all
    pixels, clipped ones as zeros, with no background term.
@@ -45,11 +45,11 @@ MASK_BITS = 0x1FFF  #: IPAC mskimg bits 0–12 (as ``photometry.MASK_ALL``): nev
 CLIP_SIGMA = 5.0  #: σ clip (1.4826 × MAD) of pixels around the fitted background, as fringez
 SMOOTH_SIGMA_PIX = 2.0  #: Gaussian σ (pixels) applied to the training maps
 POLY_DEGREE = 2  #: background surface fitted with the modes (coefficients not subtracted)
-FIT_STRIDE = 2  #: sky and background surface of training maps: every FIT_STRIDE-th row/column
+FIT_PIXELS = 500_000  #: sky, background and coefficients are fitted on ≈ this many pixels (grid)
 MAP_BIN = 2  #: training maps and modes are sampled every MAP_BIN pixels (after the smoothing)
 EM_ITERATIONS = 2  #: passes filling masked pixels with the low-rank reconstruction
 DEFAULT_K = 6  #: most modes per quadrant (fringez's 6); fewer are kept if not above the noise
-NOISE_FACTOR = 2.0  #: a mode's eigenvalue must exceed this × the median of the lower ones
+NOISE_FACTOR = 2.0  #: a mode's eigenvalue must exceed this × the noise edge (see _select)
 MIN_SHARED = 3.0  #: a mode must be carried by this many exposures at least (1 / Σ v⁴)
 MIN_EXPOSURES = 18  #: fewest training maps per quadrant (3 × DEFAULT_K)
 MIN_VALID_FRACTION = 0.5  #: maps with fewer usable pixels are left out
@@ -112,8 +112,16 @@ def _clipped_lstsq(
     return coef, keep
 
 
+def fit_stride(shape: tuple[int, int]) -> int:
+    """Grid step (a multiple of :data:`MAP_BIN`) giving ≈ :data:`FIT_PIXELS` fit pixels (≥ all
+    the sampled pixels of small quadrants): 4 at full size."""
+    step = int(np.sqrt(shape[0] * shape[1] / FIT_PIXELS) / MAP_BIN)
+    return MAP_BIN * max(step, 1)
+
+
 def _sky_level(data: np.ndarray, good: np.ndarray) -> float:
-    sub = data[::FIT_STRIDE, ::FIT_STRIDE][good[::FIT_STRIDE, ::FIT_STRIDE]]
+    s = fit_stride(data.shape)
+    sub = data[::s, ::s][good[::s, ::s]]
     if sub.size == 0:
         raise FringeError("no usable pixel")
     sky = float(np.median(sub))
@@ -140,32 +148,50 @@ class FringeMap:
         return float(np.count_nonzero(self.valid)) / self.valid.size
 
 
+def _surface(coef: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The :func:`_poly_terms` surface ``Σ coef × term`` on the full grid (float32, separable)."""
+    y = np.linspace(-1.0, 1.0, shape[0]) if shape[0] > 1 else np.full(1, -1.0)
+    x = np.linspace(-1.0, 1.0, shape[1]) if shape[1] > 1 else np.full(1, -1.0)
+    per_y = [np.zeros(shape[1]) for _ in range(POLY_DEGREE + 1)]
+    terms = [(i, j) for i in range(POLY_DEGREE + 1) for j in range(POLY_DEGREE + 1 - i)]
+    for value, (i, j) in zip(coef, terms, strict=True):
+        per_y[j] += value * x**i
+    out = np.zeros(shape, np.float32)
+    for j, row in enumerate(per_y):
+        out += np.multiply.outer(y**j, row).astype(np.float32)
+    return out
+
+
+def _smooth_sampled(image: np.ndarray) -> np.ndarray:
+    """Gaussian smoothing (σ = :data:`SMOOTH_SIGMA_PIX`) kept every :data:`MAP_BIN` pixels."""
+    b, kw = MAP_BIN, {"mode": "nearest", "truncate": 3.0}
+    rows = ndimage.gaussian_filter1d(image, SMOOTH_SIGMA_PIX, axis=0, **kw)[::b]
+    return ndimage.gaussian_filter1d(rows, SMOOTH_SIGMA_PIX, axis=1, **kw)[:, ::b]
+
+
 def fringe_map(data: np.ndarray, mask: np.ndarray | None, name: str = "") -> FringeMap:
     """The training map of a science quadrant (DN, raw orientation) and its IPAC mask."""
     data = np.asarray(data, np.float32)
     shape = data.shape
     good = ~bad_pixels(data, mask)
     sky = _sky_level(data, good)
-    rel = data / np.float32(sky) - np.float32(1.0)
-    s = FIT_STRIDE
+    s = fit_stride(shape)
     r, c = np.nonzero(good[::s, ::s])
-    terms = _poly_terms(r * s, c * s, shape)
-    coef, _ = _clipped_lstsq(np.stack(terms, 1), rel[::s, ::s][r, c].astype(np.float64))
-    rr, cc = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
-    surface = sum(k * t for k, t in zip(coef, _poly_terms(rr, cc, shape), strict=True))
-    rel -= surface.astype(np.float32)
-    rel[~good] = 0.0
-    sigma = _robust_sigma(rel[::s, ::s][good[::s, ::s]])
-    good &= np.abs(rel) <= CLIP_SIGMA * sigma
+    target = data[::s, ::s][r, c].astype(np.float64) / sky - 1.0
+    coef, _ = _clipped_lstsq(np.stack(_poly_terms(r * s, c * s, shape), 1), target)
+    rel = data / np.float32(sky)
+    rel -= np.float32(1.0)
+    rel -= _surface(coef, shape)
+    sigma = _robust_sigma(rel[::s, ::s][r, c])
+    with np.errstate(invalid="ignore"):
+        good &= np.abs(rel) <= CLIP_SIGMA * sigma
     weight = good.astype(np.float32)
-    rel *= weight
-    num = ndimage.gaussian_filter(rel, SMOOTH_SIGMA_PIX, mode="nearest")
-    den = ndimage.gaussian_filter(weight, SMOOTH_SIGMA_PIX, mode="nearest")
+    rel[~good] = 0.0
+    num, den = _smooth_sampled(rel), _smooth_sampled(weight)
     valid = den > _MIN_WEIGHT
-    values = np.zeros(shape, np.float32)
-    np.divide(num, den, out=values, where=valid)
-    b = MAP_BIN
-    return FringeMap(values[::b, ::b].astype(np.float16), valid[::b, ::b], sky, shape, name)
+    values = np.zeros(num.shape, np.float16)
+    np.divide(num, den, out=values, where=valid, casting="unsafe")
+    return FringeMap(values, valid, sky, shape, name)
 
 
 # --- decomposition --------------------------------------------------------------------------------
@@ -180,20 +206,24 @@ def _gram(x: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     return g
 
 
-def _select(evals: np.ndarray, evecs: np.ndarray, k: int) -> np.ndarray:
+def _select(evals: np.ndarray, evecs: np.ndarray, k: int, npix_full: int) -> np.ndarray:
     """Indices (rank order) of at most ``k`` fringe components among the Gram eigenpairs.
 
-    A fringe component stands above the noise (eigenvalue ≥ :data:`NOISE_FACTOR` × the median
-    eigenvalue below rank ``k``) and is shared by exposures (effective number of exposures
-    ``1 / Σ v⁴`` ≥ :data:`MIN_SHARED`): one exposure's own structure (a bright star's halo, a
-    satellite trail) is not a fringe and is not subtracted from that exposure.
+    A fringe component stands above the noise: its eigenvalue exceeds :data:`NOISE_FACTOR` × the
+    upper edge of the noise eigenvalues, the median eigenvalue below rank ``k`` times the
+    Marchenko–Pastur factor ``(1 + √(N / P_eff))²`` (P_eff: independent pixels after the
+    smoothing, ``npix_full / (4π σ²)``). It is also shared by exposures (effective number of
+    exposures ``1 / Σ v⁴`` ≥ :data:`MIN_SHARED`): one exposure's own structure (a bright star's
+    halo, a satellite trail) is not a fringe and is not subtracted from that exposure.
     """
     order = np.argsort(evals)[::-1]
     floor = float(np.median(evals[order[k:]])) if order.size > k else 0.0
+    p_eff = npix_full / (4 * np.pi * SMOOTH_SIGMA_PIX**2)
+    edge = floor * (1.0 + np.sqrt(evals.size / p_eff)) ** 2
     keep = []
     for i in order[:k]:
         shared = 1.0 / float(np.sum(evecs[:, i] ** 4))
-        if evals[i] > NOISE_FACTOR * floor and shared >= MIN_SHARED:
+        if evals[i] > NOISE_FACTOR * edge and shared >= MIN_SHARED:
             keep.append(i)
     return np.array(keep, int)
 
@@ -214,7 +244,7 @@ def decompose(maps: Sequence[FringeMap], k: int = DEFAULT_K) -> tuple[np.ndarray
     for it in range(EM_ITERATIONS + 1):
         gram = _gram(x)
         evals, evecs = np.linalg.eigh(gram)
-        chosen = _select(evals, evecs, k)
+        chosen = _select(evals, evecs, k, int(np.prod(maps[0].shape)))
         if chosen.size == 0:
             raise FringeError("no fringe component above the noise")
         lam, v = evals[chosen], evecs[:, chosen]  # N × k'
@@ -328,21 +358,27 @@ class FringeFit:
 def correct(data: np.ndarray, mask: np.ndarray | None, modes: np.ndarray) -> FringeFit:
     """Fit a quadrant's modes (K × sampled rows × cols, as stored) to its image and subtract them.
 
-    The fit uses pixels that are finite, without any :data:`MASK_BITS` bit and within
-    :data:`CLIP_SIGMA` σ, on the modes' sampling grid, with a degree-2 background surface (fitted,
-    not subtracted); the fitted fringe is brought to full resolution by :func:`upsample`.
+    The fit uses every :func:`fit_stride`-th pixel that is finite, has no :data:`MASK_BITS` bit
+    and lies within :data:`CLIP_SIGMA` σ, with a degree-2 background surface (fitted, not
+    subtracted); the fitted fringe is brought to full resolution by :func:`upsample`.
     """
     data = np.asarray(data, np.float32)
     if modes.ndim != 3 or modes.shape[1:] != decimated_shape(data.shape):
         raise FringeError(f"modes {modes.shape} do not match the quadrant {data.shape}")
-    good = ~bad_pixels(data, mask)
-    sky = _sky_level(data, good)
-    b = MAP_BIN
-    r, c = np.nonzero(good[::b, ::b])
-    target = (data[::b, ::b][r, c] / sky - 1.0).astype(np.float64)
-    design = np.column_stack([modes[:, r, c].T.astype(np.float64)]
-                             + _poly_terms(r * b, c * b, data.shape))  # fmt: skip
-    coef, kept = _clipped_lstsq(design, target)
+    s = fit_stride(data.shape)
+    m = s // MAP_BIN
+    sub = data[::s, ::s]
+    good = ~bad_pixels(sub, None if mask is None else np.asarray(mask)[::s, ::s])
+    r, c = np.nonzero(good)
+    if r.size == 0:
+        raise FringeError("no usable pixel")
+    values = sub[r, c].astype(np.float64)
+    sky = float(np.median(values))
+    if not sky > 0:
+        raise FringeError(f"sky level must be positive, got {sky}")
+    design = np.column_stack([modes[:, ::m, ::m][:, r, c].T.astype(np.float64)]
+                             + _poly_terms(r * s, c * s, data.shape))  # fmt: skip
+    coef, kept = _clipped_lstsq(design, values / sky - 1.0)
     k = modes.shape[0]
     fringe_sampled = np.tensordot((sky * coef[:k]).astype(np.float32), modes, axes=1)
     return FringeFit(

@@ -15,15 +15,16 @@ import datetime as dt
 from collections.abc import Iterator
 
 import luigi
+from astropy.io import fits
 
-from ztfluigi import fringes, raw, science, storage
+from ztfluigi import config, fringes, raw, science, storage
 from ztfluigi.naming import RawName
 from ztfluigi.provenance import PIPELINE, package_versions
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.calib import cal_target
 from ztfluigi.tasks.parameters import FIRST_NIGHT, CcdParameter, InvalidParameter, NightParameter
 from ztfluigi.tasks.raw import RawFile, RawIndex, night_index, raw_target, select_raw
-from ztfluigi.tasks.science import calibration_tasks, load_calibration, science_quadrant
+from ztfluigi.tasks.science import calibration_tasks, load_calibration
 
 #: Default period (nights). Measured on the simulator (3 zi exposures per night and CCD):
 #: 30 training exposures leave 11 % of the fringe, 60 leave 8 % (``tests/test_fringes.py``).
@@ -43,6 +44,18 @@ def fringe_relpath(start: dt.date, ccdid: int, window: int = DEFAULT_WINDOW) -> 
         f"cal/fringe/{start:%Y}/{start:%m%d}/"
         f"ztfin2p3_{start:%Y%m%d}_{window:03d}d_zi_c{ccdid:02d}_fringe.fits"
     )
+
+
+def uncorrected_quadrant(
+    ccd: raw.RawCCD, rawname: RawName, qid: int, calibration: science.Calibration
+) -> science.ScienceQuadrant:
+    """A science quadrant's pixels and mask as the virtual build makes them, never fringe-corrected.
+
+    The IPAC header is not fetched (only the pixels and the IPAC mask train a model).
+    """
+    _, ipac_mask = config.get_archive().science_mask(rawname, qid)
+    return science.calibrated_quadrant(ccd, rawname, qid, calibration, fits.Header(), ipac_mask,
+                                       config.processing_specs().correction)  # fmt: skip
 
 
 class FringeModel(progress.OneLineFailures, luigi.Task):
@@ -124,7 +137,7 @@ class FringeModel(progress.OneLineFailures, luigi.Task):
                 calibrations[key] = load_calibration(match, tasks)
             ccd = raw.read_raw(storage.read_bytes(raw_target(rawname).path), rawname.filename)
             for qid in range(1, 5):
-                sci = science_quadrant(ccd, rawname, qid, calibrations[key])
+                sci = uncorrected_quadrant(ccd, rawname, qid, calibrations[key])
                 maps[qid].append(fringes.fringe_map(sci.data, sci.mask, rawname.filename))
             progress.report(self, i + 1, len(rawnames), "zi quadrants mapped")
         model = fringes.FringeModel(self.ccdid, nights[0], nights[-1])
