@@ -82,3 +82,20 @@ def test_mask_equals_reference_scale1():
     new = ipac.mask(archive.config, DATE, exp, 5, 1)
     np.testing.assert_array_equal(new, ref)
     assert np.count_nonzero(ref & SATURATED) > 0
+
+
+def test_headers_built_once_and_unchanged():
+    """The cached science header equals a fresh build; callers get independent copies."""
+    archive, exps = science_exposures(8)
+    ffd, ccdid, qid = SCALE8_QUADRANTS[1]
+    exp = exps[ffd]
+    fresh = ipac._science_header.__wrapped__(archive.config, DATE, exp, ccdid, qid)
+    served = archive.science_header(exp.raw_name(ccdid), qid)
+    assert served.tostring() == fresh.tostring()
+    served["MAGZP"] = -1.0
+    again = ipac.science_header(archive.config, DATE, exp, ccdid, qid)
+    assert again["MAGZP"] == fresh["MAGZP"] != -1.0
+    mask_header, _ = archive.science_mask(exp.raw_name(ccdid), qid)
+    shared = [k for k in mask_header if k in fresh and not k.startswith("BIT") and k != "COMMENT"]
+    assert "CRVAL1" in shared and len(shared) > 20
+    assert all(mask_header[k] == fresh[k] for k in shared)

@@ -35,7 +35,19 @@ def ipac_ids(exp: Exposure, ccdid: int, qid: int) -> dict[str, int]:
 def science_header(
     cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: int
 ) -> fits.Header:
-    """The IPAC-like science header (raw primary + extension + IPAC keys, TPV WCS)."""
+    """The IPAC-like science header (raw primary + extension + IPAC keys, TPV WCS).
+
+    A copy of a per-process cached header: the archive serves it and the mask header is made
+    from it, so each quadrant's header is built once (≈25 ms at any scale).
+    """
+    return _science_header(cfg, date, exp, ccdid, qid).copy()
+
+
+@functools.lru_cache(maxsize=128)
+def _science_header(
+    cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: int
+) -> fits.Header:
+    """The science header (cached; callers must not modify it)."""
     shape = camera.quadrant_shape(cfg.scale)
     amp = detector.amplifier(cfg.seed, ccdid, qid, date)
     wcs = astrometry.quadrant_wcs_header(exp.ra, exp.dec, ccdid, qid, shape)
@@ -240,7 +252,7 @@ def _defect_and_source_bits(
 
 def mask_header(cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: int) -> fits.Header:
     """The mskimg header: the science header's cards without IPAC's calibration keys."""
-    sci = science_header(cfg, date, exp, ccdid, qid)
+    sci = _science_header(cfg, date, exp, ccdid, qid)
     template = headers.real_mask_header()
     out = fits.Header()
     for card in template.cards:
