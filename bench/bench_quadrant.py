@@ -18,6 +18,13 @@ processes on a shared machine, as ``timeit`` — medians in the JSON; each pass 
   time is subtracted; the reference re-evaluates the maps of its cached mesh: that is);
 * **write**: the catalogue parquet.
 
+Beside the stages, not in the totals (ours only; the reference has no pocket correction): the
+**pocket** stage, what ``pocket = on`` adds to our corrections (dates ≥ 2019-10-22 get it by
+default; this 2019-03-31 file is corrected as if it were of that era, the cost does not depend
+on the date), and the numpy step-by-step versions of the corrections (with and without pocket)
+and of the detrending next to the compiled ones (``corrections.detrend_quadrant``), as
+before/after of the fused kernels in the same run.
+
 The master bias and flat (real-size sky-oriented CCD FITS, the simulator's noise-free truth,
 ``FLTNORM_FP`` = 1.03 × ``FLTNORM``: timing does not depend on values) are read once per CCD and
 filter by both pipelines: reported on their own row, not in the per-quadrant total. The
@@ -61,15 +68,33 @@ from astropy.wcs import WCS  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the reference venv builder
 from tests import reference_env  # noqa: E402
-from ztfluigi import camera, naming, photometry, raw, refcat, science, storage  # noqa: E402
+from ztfluigi import (  # noqa: E402
+    camera,
+    corrections,
+    naming,
+    photometry,
+    raw,
+    refcat,
+    science,
+    storage,
+)
 from ztfluigi.archive.sim import SimArchive  # noqa: E402
+from ztfluigi.catalogue import REFCAT_MARGIN_ARCSEC  # noqa: E402
 from ztfluigi.corrections import CorrectionSpec  # noqa: E402
 from ztfluigi.sim import detector, gaia, truth  # noqa: E402
 from ztfluigi.sim.schedule import SimConfig  # noqa: E402
-from ztfluigi.tasks.catalog import REFCAT_MARGIN_ARCSEC  # noqa: E402
 
 DATE, CCDID, QID = dt.date(2019, 3, 31), 10, 2
 STAGES = ("read", "corrections", "detrending", "background", "photometry", "write")
+#: timed beside the stages, not in the totals: (key, label)
+EXTRA_STAGES = (
+    ("pocket", "pocket (what pocket=on adds)"),
+    ("corrections_pocket_on", "corrections, pocket on"),
+    ("corrections_numpy", "corrections, numpy steps"),
+    ("corrections_numpy_pocket_on", "corrections, numpy steps, pocket on"),
+    ("detrend_numpy", "science.detrend (numpy)"),
+    ("detrend_compiled", "corrections.detrend_quadrant"),
+)
 FP_OVER_CCD = 1.03  #: FLTNORM_FP / FLTNORM written in the master flat (a 3 % CCD step)
 RESULTS = Path("bench/results")
 REPO = Path(__file__).resolve().parents[1]
@@ -248,7 +273,45 @@ def ours_once(inp: Inputs, masters: Masters, catalogue: refcat.RefCatalog, out_u
     t0 = time.perf_counter()
     storage.write_parquet(storage.get_target(out_url), table)
     t["write"] = time.perf_counter() - t0
+    extra_stages(t, ccd, masters)
     return t, ccd, sci, table
+
+
+def extra_stages(t: dict[str, float], ccd: raw.RawCCD, masters: Masters) -> None:
+    """The stages beside the total (:data:`EXTRA_STAGES`) into ``t``; checks pocket-on outputs."""
+    data, over = ccd.data[QID], ccd.overscan[QID]
+    on, off = CorrectionSpec(pocket="on"), CorrectionSpec(pocket="off")
+    results = {}
+    for key, spec, engine in (("corrections_pocket_on", on, "numba"),
+                              ("corrections_numpy", off, "numpy"),
+                              ("corrections_numpy_pocket_on", on, "numpy")):  # fmt: skip
+        t0 = time.perf_counter()
+        results[key] = corrections.correct_quadrant(data, over, CCDID, QID, DATE, spec,
+                                                    engine=engine)  # fmt: skip
+        t[key] = time.perf_counter() - t0
+    t["pocket"] = max(t["corrections_pocket_on"] - t["corrections"], 0.0)
+    ulps = _float32_ulps(results["corrections_pocket_on"], results["corrections_numpy_pocket_on"])
+    t["_pocket_on_max_ulps"] = float(ulps.max())  # numba vs numpy, pocket on (not a time)
+    corrected = corrections.correct_quadrant(data, over, CCDID, QID, DATE)
+    bias, flat = science.quadrant_of(masters.bias, QID), science.quadrant_of(masters.flat, QID)
+    t0 = time.perf_counter()
+    ref, _ = science.detrend(corrected, bias, flat, masters.fltnorm, masters.fltnorm_fp)
+    t["detrend_numpy"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    new, _ = corrections.detrend_quadrant(corrected, bias, flat,
+                                          masters.fltnorm_fp / masters.fltnorm)  # fmt: skip
+    t["detrend_compiled"] = time.perf_counter() - t0
+    t["_detrend_bitwise"] = float(np.array_equal(new, ref, equal_nan=True))
+
+
+def _float32_ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance in float32 ulps (signed-magnitude order)."""
+
+    def key(x: np.ndarray) -> np.ndarray:
+        i = np.ascontiguousarray(x, dtype=np.float32).view(np.int32).astype(np.int64)
+        return np.where(i < 0, -(i & 0x7FFFFFFF), i)
+
+    return np.abs(key(a) - key(b))
 
 
 # --- the reference side ----------------------------------------------------------------------
@@ -430,6 +493,10 @@ def report(ours: dict[str, float], ref: dict[str, float] | None, extra: dict) ->
     row("total per quadrant", sum(ours[s] for s in STAGES),
         sum(ref[s] for s in STAGES) if ref else None)  # fmt: skip
     lines.append("not in the total:")
+    for key, label in EXTRA_STAGES:
+        row(f"  {label}", ours[key], None)
+    row("  total per quadrant with pocket on", sum(ours[s] for s in STAGES) + ours["pocket"],
+        None)  # fmt: skip
     row("  masters read (once per CCD+filter)", extra["ours_masters"], extra.get("ref_masters"))
     if ref:
         row("  science FITS write (0.4.1 only)", None, ref["write_science_fits"])
@@ -506,6 +573,9 @@ def main() -> None:
             extra["ref_masters"] = reference["masters_read_s"]
         print(f"\nseconds per quadrant, best of {args.repeat} passes per side (1 thread each):")
         print(report(ours, ref, extra))
+        print(f"pocket on, fused numba vs numpy steps: max "
+              f"{ours['_pocket_on_max_ulps']:.0f} float32 ulps; detrend_quadrant bitwise "
+              f"science.detrend: {bool(ours['_detrend_bitwise'])}")  # fmt: skip
         total_ours = sum(ours[s] for s in STAGES)
         ours_median = _stages(runs, statistics.median)
         record: dict[str, object] = {

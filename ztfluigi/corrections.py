@@ -152,7 +152,7 @@ def correct_quadrant(
     nl_first = spec.order == "nl-first"
     if spec.pocket_applies(date):
         pars = pocket.parameters(ccdid, qid)
-        bad, nonfinite, unconverged = _fused_pocket(
+        bad, nonfinite, unconverged = pocket.fused_overscan_nl_pocket(
             data, overscan, model, float(a), float(b), nl_first, qid in (2, 3),
             pars.alpha, pars.cmax, pars.beta, pars.nmax, out,
         )  # fmt: skip
@@ -243,7 +243,9 @@ def detrend_quadrant(
 # --- compiled kernels ------------------------------------------------------------------------
 #
 # The float64 operations are those of the numpy path, in the same order (LLVM does not contract
-# them into FMAs without fastmath), hence the bitwise equality without pocket.
+# them into FMAs without fastmath), hence the bitwise equality without pocket. The pass with the
+# pocket correction is pocket.fused_overscan_nl_pocket: numba's disk cache is invalidated per
+# source file, so a kernel calling pocket's kernels must live in pocket.py.
 
 
 def _jit(func):  # noqa: ANN001, ANN202
@@ -271,55 +273,6 @@ def _fused(data, model, a, b, nl_first, out):  # noqa: ANN001, ANN202
                 v = v - m
             out[i, j] = np.float32(v)
     return bad
-
-
-@_jit
-def _fused_pocket(  # noqa: ANN202
-    data, overscan, model, a, b, nl_first, flip_cols, alpha, cmax, beta, nmax, out  # noqa: ANN001
-):
-    """Overscan + NL + pocket: blocks of rows laid out in read order, corrected, written back.
-
-    Returns (values outside the NL domain, non-finite pocket inputs, unconverged columns).
-    """
-    nrows, ncols = data.shape
-    nover = overscan.shape[1]
-    lanes = pocket.LANES
-    buf = np.empty((ncols + nover, lanes))
-    work = np.empty((pocket.WORK_ROWS, lanes))
-    bad = 0
-    nonfinite = 0
-    unconverged = 0
-    for i0 in range(0, nrows, lanes):
-        nl = min(lanes, nrows - i0)
-        for lane in range(nl):
-            i = i0 + lane
-            m = model[i]
-            for c in range(ncols + nover):
-                if c < ncols:
-                    x = np.float64(data[i, ncols - 1 - c if flip_cols else c])
-                    apply_nl = True
-                else:
-                    k = c - ncols
-                    x = np.float64(overscan[i, nover - 1 - k if flip_cols else k])
-                    apply_nl = not nl_first  # nl-first: the overscan is not NL-corrected
-                if not nl_first:
-                    x = x - m
-                if apply_nl:
-                    den = (a * x + b) * x + 1.0
-                    bad += 1 if den <= 0.0 else 0
-                    x = x / den
-                if nl_first:
-                    x = x - m
-                nonfinite += 0 if np.isfinite(x) else 1
-                buf[c, lane] = x
-        if nonfinite:
-            return bad, nonfinite, unconverged
-        unconverged += pocket._correct_block(buf, nl, alpha, cmax, beta, nmax, 0.01, work)
-        for lane in range(nl):
-            i = i0 + lane
-            for c in range(ncols):
-                out[i, ncols - 1 - c if flip_cols else c] = np.float32(buf[c, lane])
-    return bad, nonfinite, unconverged
 
 
 @_jit

@@ -331,7 +331,7 @@ def correct_compiled(
 # to ~1 float64 ulp (max relative error 5e-16 and 2.2e-16 over the pocket's range).
 
 LANES = 16  #: rows corrected together by the compiled kernel
-WORK_ROWS = 9  #: rows of the scratch array of _correct_block
+WORK_ROWS = 13  #: rows of the scratch array of _correct_block
 _MAX_STEPS = 60  #: Halley steps per column before giving up (a warning)
 _SERIES_MAX = 1e-2  #: largest relative step after which n**beta is updated by its series
 _LN2_HI = 6.93147180369123816490e-01
@@ -431,21 +431,35 @@ def _exp_rough(y: float) -> float:
     return p * _as_float64((np.int64(kf) + 1023) << 52)
 
 
+@_jit(inline="always")
+def _log_rough(x: float) -> float:
+    """log(x) to ~1e-4 absolute (a safe Newton bound only), x > 0 normal."""
+    bits = _as_int64(x)
+    m = _as_float64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)
+    big = m > _SQRT2
+    m = m * 0.5 if big else m
+    e = np.float64((bits >> 52) - 1023 + (1 if big else 0))
+    f = m - 1.0
+    p = f * (1.0 + f * (-0.5 + f * (1.0 / 3.0 + f * (-0.25 + f * (0.2 + f * (-1.0 / 6.0 + f * (
+        1.0 / 7.0 + f * (-0.125))))))))
+    return e * _LN2_HI + p
+
+
 @_jit(nogil=True)
 def _correct_block(buf, nlanes, alpha, cmax, beta, nmax, zero_tol, work):  # noqa: ANN001, ANN202
     """Invert the pocket model in place on ``buf`` (ncols, LANES): read-order columns × rows.
 
     ``work`` is a (WORK_ROWS, LANES) float64 scratch array. Returns the number of columns whose
     iteration did not converge. Semantics of :func:`correct` (one Gauss-Seidel sweep); per
-    column: flush and fill coefficient from the pocket charge, then Halley steps on
-    ``n - c n**beta = t`` for all lanes until every charged pixel's step is < 1e-5 of it (the
-    error left is then ~ that cubed); after a step < 1 % everywhere, ``n**beta`` is updated by
-    its binomial series instead of exp/log.
+    column: flush and fill coefficient from the pocket charge (``(q/cmax)**alpha`` and
+    ``(1 - q/cmax)**alpha`` by exp/log, or updated by their binomial series when the pocket
+    changed by < 1 % in every lane), then Halley steps on ``n - c n**beta = t`` for all lanes
+    until every charged pixel's step is < 1e-5 of it (the error left is then ~ that cubed);
+    after a step < 1 % everywhere, ``n**beta`` is updated by its series instead of exp/log.
     """
     if work.shape[0] < WORK_ROWS or work.shape[1] < nlanes or buf.shape[1] < nlanes:
         raise ValueError("_correct_block: scratch or buffer too small")
     ncols = buf.shape[0]
-    log_k = math.log(cmax) - beta * math.log(nmax)
     inv_1mb = 1.0 / (1.0 - beta)
     inv_cmax = 1.0 / cmax
     curv = beta * (1.0 - beta)
@@ -460,22 +474,44 @@ def _correct_block(buf, nlanes, alpha, cmax, beta, nmax, zero_tol, work):  # noq
     a8 = a7 * (beta - 7.0) / -8.0
     q, w, c, t, n, flush, crit, nb, rel = (work[0], work[1], work[2], work[3], work[4], work[5],
                                            work[6], work[7], work[8])
+    xa, oa, dq, dc = work[9], work[10], work[11], work[12]  # (q/cmax)**alpha, (1-q/cmax)**alpha
+    k = cmax / nmax**beta
+    # (1 + r)**alpha = sum_k b_k r**k, |r| <= _SERIES_MAX: the update of xa and oa
+    b1 = alpha
+    b2 = b1 * (alpha - 1.0) / 2.0
+    b3 = b2 * (alpha - 2.0) / 3.0
+    b4 = b3 * (alpha - 3.0) / 4.0
+    b5 = b4 * (alpha - 4.0) / 5.0
+    b6 = b5 * (alpha - 5.0) / 6.0
+    b7 = b6 * (alpha - 6.0) / 7.0
+    b8 = b7 * (alpha - 7.0) / 8.0
     unconverged = 0
     for lane in range(nlanes):
         q[lane] = 0.0
         w[lane] = 0.0
+    series = False  # this column's flush and fill coefficient by series from the last's
     for j in range(ncols):
+        if series:
+            for lane in range(nlanes):
+                rq = dq[lane]
+                xa[lane] *= 1.0 + rq * (b1 + rq * (b2 + rq * (b3 + rq * (b4 + rq * (
+                    b5 + rq * (b6 + rq * (b7 + rq * b8)))))))
+                rc = dc[lane]
+                oa[lane] *= 1.0 + rc * (b1 + rc * (b2 + rc * (b3 + rc * (b4 + rc * (
+                    b5 + rc * (b6 + rc * (b7 + rc * b8)))))))
+        else:
+            for lane in range(nlanes):
+                x = q[lane] * inv_cmax
+                xa[lane] = _exp(alpha * _log(x))
+                oa[lane] = _exp(alpha * _log(max(1.0 - x, 0.0)))
         for lane in range(nlanes):
             ql = q[lane]
-            x = ql * inv_cmax
-            fl = cmax * _exp(alpha * _log(x))
-            fl = min(fl, ql) if ql > 0.0 else 0.0
-            omx = max(1.0 - x, 0.0)
-            log_c = log_k + alpha * _log(omx)
-            cl = _exp(log_c)
-            cl = cl if omx > 0.0 else 0.0
+            fl = min(cmax * xa[lane], ql) if ql > 0.0 else 0.0
+            cl = k * oa[lane] if ql < cmax else 0.0
             tl = buf[j, lane] - fl
-            n[lane] = max(max(tl, zero_tol) + w[lane], _exp_rough(log_c * inv_1mb))
+            # Halley start: last pixel's fill, not below n* = c**(1/(1-beta)) (safe there)
+            nstar = _exp_rough(_log_rough(max(cl, 1e-300)) * inv_1mb)
+            n[lane] = max(max(tl, zero_tol) + w[lane], nstar)
             flush[lane] = fl
             c[lane] = cl
             t[lane] = tl
@@ -513,6 +549,7 @@ def _correct_block(buf, nlanes, alpha, cmax, beta, nmax, zero_tol, work):  # noq
             exact = largest > _SERIES_MAX
         if not converged:
             unconverged += 1
+        largest = 0.0
         for lane in range(nlanes):
             tl = t[lane]
             charged = tl > zero_tol
@@ -520,7 +557,15 @@ def _correct_block(buf, nlanes, alpha, cmax, beta, nmax, zero_tol, work):  # noq
             fill = nv - tl if charged else 0.0
             buf[j, lane] = nv
             w[lane] = fill
-            q[lane] = max(q[lane] - flush[lane] + fill, 0.0)
+            ql = q[lane]
+            qn = max(ql - flush[lane] + fill, 0.0)
+            q[lane] = qn
+            # relative changes of q and of cmax - q (1 forces exp/log: empty or full pocket)
+            dq[lane] = (qn - ql) / ql if ql > 0.0 and qn > 0.0 else 1.0
+            dc[lane] = (ql - qn) / (cmax - ql) if qn < cmax and ql < cmax else 1.0
+        for lane in range(nlanes):
+            largest = max(largest, max(abs(dq[lane]), abs(dc[lane])))
+        series = largest <= _SERIES_MAX
     return unconverged
 
 
@@ -541,6 +586,60 @@ def _correct_frame(obs, out, alpha, cmax, beta, nmax, zero_tol):  # noqa: ANN001
             for j in range(ncols):
                 out[i0 + lane, j] = buf[j, lane]
     return unconverged
+
+
+@_jit(nogil=True)
+def fused_overscan_nl_pocket(  # noqa: ANN202
+    data, overscan, model, a, b, nl_first, flip_cols, alpha, cmax, beta, nmax, out  # noqa: ANN001
+):
+    """Overscan + NL + pocket of a raw quadrant in one pass (``corrections.correct_quadrant``).
+
+    ``data``/``overscan`` raw orientation, ``model`` the overscan row model (raw rows), ``a, b``
+    the NL coefficients (``x / (a x² + b x + 1)``, as ``nonlinearity.correct``), ``nl_first``
+    the reference's order, ``flip_cols`` whether read order reverses raw columns (q2, q3).
+    Blocks of LANES rows are laid out in read order as float64, pocket-corrected by
+    :func:`_correct_block` and written back to ``out`` (float32, raw orientation). Returns
+    (values outside the NL domain, non-finite pocket inputs, unconverged columns).
+    """
+    nrows, ncols = data.shape
+    nover = overscan.shape[1]
+    lanes = LANES
+    buf = np.empty((ncols + nover, lanes))
+    work = np.empty((WORK_ROWS, lanes))
+    bad = 0
+    nonfinite = 0
+    unconverged = 0
+    for i0 in range(0, nrows, lanes):
+        nl = min(lanes, nrows - i0)
+        for lane in range(nl):
+            i = i0 + lane
+            m = model[i]
+            for c in range(ncols + nover):
+                if c < ncols:
+                    x = np.float64(data[i, ncols - 1 - c if flip_cols else c])
+                    apply_nl = True
+                else:
+                    k = c - ncols
+                    x = np.float64(overscan[i, nover - 1 - k if flip_cols else k])
+                    apply_nl = not nl_first  # nl-first: the overscan is not NL-corrected
+                if not nl_first:
+                    x = x - m
+                if apply_nl:
+                    den = (a * x + b) * x + 1.0
+                    bad += 1 if den <= 0.0 else 0
+                    x = x / den
+                if nl_first:
+                    x = x - m
+                nonfinite += 0 if np.isfinite(x) else 1
+                buf[c, lane] = x
+        if nonfinite:
+            return bad, nonfinite, unconverged
+        unconverged += _correct_block(buf, nl, alpha, cmax, beta, nmax, 0.01, work)
+        for lane in range(nl):
+            i = i0 + lane
+            for c in range(ncols):
+                out[i, ncols - 1 - c if flip_cols else c] = np.float32(buf[c, lane])
+    return bad, nonfinite, unconverged
 
 
 def _prepare(arr: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], np.dtype]:
