@@ -4,7 +4,8 @@ The sky is a pure function of (seed, HEALPix pixel): the stars of NESTED pixel `
 :data:`SIM_ORDER` (8, ~0.052 deg²) are drawn from ``numpy.random.default_rng`` seeded with
 ``[tag, seed, order, npix]``, so every night, quadrant, process and call order sees the same
 stars. :func:`generate_cone` serves the image simulator; :func:`write_sim_catalog` stores the
-same stars as a HATS catalogue that the photometry reads like the real Gaia DR3.
+same stars as a HATS catalogue that the photometry reads like the real Gaia DR3, in coarser
+partitions (:data:`STORE_ORDER`) so that a quadrant's cone opens a handful of files.
 
 Model (all columns of the Gaia DR3 ``gaia_source`` names and units, positions at J2016.0):
 
