@@ -89,6 +89,7 @@ STAGES = ("read", "corrections", "detrending", "background", "photometry", "writ
 #: timed beside the stages, not in the totals: (key, label)
 EXTRA_STAGES = (
     ("pocket", "pocket (what pocket=on adds)"),
+    ("corrections_pocket_off", "corrections, pocket off (again)"),
     ("corrections_pocket_on", "corrections, pocket on"),
     ("corrections_numpy", "corrections, numpy steps"),
     ("corrections_numpy_pocket_on", "corrections, numpy steps, pocket on"),
@@ -282,14 +283,16 @@ def extra_stages(t: dict[str, float], ccd: raw.RawCCD, masters: Masters) -> None
     data, over = ccd.data[QID], ccd.overscan[QID]
     on, off = CorrectionSpec(pocket="on"), CorrectionSpec(pocket="off")
     results = {}
-    for key, spec, engine in (("corrections_pocket_on", on, "numba"),
+    for key, spec, engine in (("corrections_pocket_off", off, "numba"),
+                              ("corrections_pocket_on", on, "numba"),
                               ("corrections_numpy", off, "numpy"),
                               ("corrections_numpy_pocket_on", on, "numpy")):  # fmt: skip
         t0 = time.perf_counter()
         results[key] = corrections.correct_quadrant(data, over, CCDID, QID, DATE, spec,
                                                     engine=engine)  # fmt: skip
         t[key] = time.perf_counter() - t0
-    t["pocket"] = max(t["corrections_pocket_on"] - t["corrections"], 0.0)
+    # back to back in the same pass: what switching the pocket on adds
+    t["pocket"] = max(t["corrections_pocket_on"] - t["corrections_pocket_off"], 0.0)
     ulps = _float32_ulps(results["corrections_pocket_on"], results["corrections_numpy_pocket_on"])
     t["_pocket_on_max_ulps"] = float(ulps.max())  # numba vs numpy, pocket on (not a time)
     corrected = corrections.correct_quadrant(data, over, CCDID, QID, DATE)
