@@ -2,6 +2,7 @@
 
 python bench/bench_refcat.py                 # high latitude (the demo field) and the plane
 python bench/bench_refcat.py --b 1 --b -40 --orders 5 6 7 8
+python bench/bench_refcat.py --demo          # the demo night (scale 8), catalogue unit by unit
 
 For each galactic latitude, the synthetic sky around the 4 quadrants of one CCD (scale 1, i.e.
 real size: a quadrant is ≈0.87°×0.87°, its cone ≈0.63° with the catalogue's 30" margin) is
@@ -78,13 +79,60 @@ def run_cones(url: str, cones: list, cache_mb: float) -> dict[str, float]:
     }  # fmt: skip
 
 
+def demo_night(orders: list[int]) -> None:
+    """Cones of every science quadrant of the demo night (scale 8), grouped as the catalogue
+    units run them (one catalogue per CCD and filter), per store order, cached or not."""
+    import datetime as dt
+
+    from ztfluigi.archive.sim import SimArchive
+    from ztfluigi.sim import truth
+    from ztfluigi.sim.schedule import SimConfig
+
+    cfg = SimConfig(seed=0, scale=8)
+    exposures = list(SimArchive(cfg).exposures(dt.date(2019, 3, 31)).values())
+    science = [e for e in exposures if e.imgtype == "object"]
+    shape = camera.quadrant_shape(cfg.scale)
+    units = {}
+    for exp in science:
+        for ccdid in range(1, 17):
+            for qid in range(1, 5):
+                wcs = astrometry.quadrant_wcs(exp.ra, exp.dec, ccdid, qid, shape)
+                cone = refcat.footprint_cone(wcs, shape, MARGIN_ARCSEC)
+                units.setdefault((ccdid, exp.filtercode), []).append(cone)
+    pixels = sorted(truth.refcat_pixels(cfg, exposures))
+    with tempfile.TemporaryDirectory(prefix="bench-refcat-") as tmp:
+        for order in orders:
+            url = str(Path(tmp) / f"o{order}")
+            gaia.write_sim_catalog(url, cfg.seed, pixels, order=order)
+            for cache_mb in (0.0, 256.0):
+                cpu = wall = files = 0.0
+                n = 0
+                for cones in units.values():
+                    cat = refcat.RefCatalog(url, cache_mb=cache_mb)
+                    for cone in cones:
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        cat.cone(*cone)
+                        wall += time.perf_counter() - t0
+                        cpu += time.process_time() - c0
+                        files += len(cat.partitions_for_cone(*cone))
+                        n += 1
+                print(json.dumps({"demo_night_scale": cfg.scale, "order": order,
+                                  "cached": bool(cache_mb), "quadrants": n,
+                                  "wall_s": round(wall / n, 4), "cpu_s": round(cpu / n, 4),
+                                  "files_met": round(files / n, 2)}))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--b", type=float, action="append", help="galactic latitudes (deg)")
     parser.add_argument("--l", type=float, default=100.0, help="galactic longitude (deg)")
     parser.add_argument("--orders", type=int, nargs="+", default=[5, 6, 7, 8])
     parser.add_argument("--row-groups", type=int, nargs="+", default=[gaia.STORE_ROW_GROUP_ROWS])
+    parser.add_argument("--demo", action="store_true", help="the demo night's cones instead")
     args = parser.parse_args()
+    if args.demo:
+        demo_night(sorted(set(args.orders) | {gaia.SIM_ORDER, gaia.STORE_ORDER}))
+        return
     results = []
     for b in args.b or [-40.0, 2.0]:
         c = SkyCoord(l=args.l * u.deg, b=b * u.deg, frame="galactic").icrs
