@@ -160,10 +160,16 @@ def overlap_mask(region: Region, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     ok_y = (y.max(axis=-1) >= region.dec_min) & (y.min(axis=-1) <= region.dec_max)
     if region.ra_width >= 360.0:
         return ok_y
-    ok = np.zeros(x.shape[:-1], dtype=bool)
+    flat_x, flat_y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+    ok = np.zeros(flat_x.shape[0], dtype=bool)
+    half = region.ra_width / 2.0
+    lo, hi = flat_x.min(axis=1), flat_x.max(axis=1)
     for shift in (0.0, -360.0, 360.0):
-        ok |= _box_overlap(region, x + shift, y)
-    return ok_y & (ok | around_pole)
+        # bounding boxes first; the separating-axis test only for the few that touch
+        cand = np.flatnonzero((hi + shift >= -half) & (lo + shift <= half) & ok_y.reshape(-1))
+        if cand.size:
+            ok[cand] |= _box_overlap(region, flat_x[cand] + shift, flat_y[cand])
+    return ok_y & (ok.reshape(ok_y.shape) | around_pole)
 
 
 def _box_overlap(region: Region, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import time
 from typing import TextIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 #: Measured costs at real size (1 core), each (low, high) with its source.
 COSTS: dict[str, tuple[float, float, str]] = {
@@ -54,16 +55,19 @@ class NightPlan:
 
 def _sim_metadata(archive: object, date: dt.date) -> pa.Table:
     """The columns the plan needs, from the synthetic night log (no per-file conditions)."""
+    from ztfluigi import naming
+
     rows: dict[str, list] = collections.defaultdict(list)
     for exp in archive.exposures(date).values():  # type: ignore[attr-defined]
-        for ccdid in range(1, 17):
-            rows["imgtype"].append(exp.imgtype)
-            rows["filtercode"].append(exp.filtercode)
-            rows["field"].append(exp.field)
-            rows["ccdid"].append(ccdid)
-            rows["obsjd"].append(exp.obsjd)
-            rows["ledid"].append(exp.led)
-            rows["filename"].append(exp.raw_name(ccdid).filename)
+        ffd, code = exp.filefracday, naming.IMGTYPE_CODES[exp.imgtype]
+        stem = f"ztf_{ffd}_{exp.field:06d}_{exp.filtercode}_c"
+        rows["imgtype"] += [exp.imgtype] * 16
+        rows["filtercode"] += [exp.filtercode] * 16
+        rows["field"] += [exp.field] * 16
+        rows["ccdid"] += list(range(1, 17))
+        rows["obsjd"] += [exp.obsjd] * 16
+        rows["ledid"] += [exp.led] * 16
+        rows["filename"] += [f"{stem}{c:02d}_{code}.fits.fz" for c in range(1, 17)]
     types = {"imgtype": pa.string(), "filtercode": pa.string(), "field": pa.int64(),
              "ccdid": pa.int64(), "obsjd": pa.float64(), "ledid": pa.int64(),
              "filename": pa.string()}  # fmt: skip
@@ -90,9 +94,8 @@ def plan_night(date: dt.date, spec: str, filters: list[str], listing: object,
     from ztfluigi import calmatch
     from ztfluigi.calib import BIAS_SKIP
     from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
-    from ztfluigi.tasks.campaign import selected_quadrants
-    from ztfluigi.tasks.catalog import catalog_target
-    from ztfluigi.tasks.raw import raw_target, select_raw
+    from ztfluigi.tasks.campaign import catalogue_name, selected_quadrants
+    from ztfluigi.tasks.raw import select_raw
 
     index, indexed = night_metadata(date)
     plan = NightPlan(date, indexed)
@@ -108,18 +111,19 @@ def plan_night(date: dt.date, spec: str, filters: list[str], listing: object,
         raws = sorted({r for r, _ in pairs}, key=lambda r: r.filename)
         plan.exposures[f] = len({r.filefracday for r in raws})
         needed_raw += raws
-        plan.present += sum(listing.exists(date, catalog_target(r, q).path) for r, q in pairs)
+        plan.present += sum(listing.exists(date, catalogue_name(r, q)) for r, q in pairs)
     if not plan.quadrants:
         return plan
     plan.raw["object"] = len(needed_raw)
     masters = []
-    for kind, ccdid, f in calmatch.own_calibrations(index, range(1, 17), filters,
+    calib = index.filter(pc.is_in(index["imgtype"], pa.array(["bias", "flat"])))
+    for kind, ccdid, f in calmatch.own_calibrations(calib, range(1, 17), filters,
                                                     focal_plane=True):  # fmt: skip
         if kind == "bias":
-            frames = select_raw(index, ccdid, "bias")[BIAS_SKIP:]
+            frames = select_raw(calib, ccdid, "bias")[BIAS_SKIP:]
             masters.append(("bias", MasterBias(date=date, ccdid=ccdid).output().path))
         elif kind == "flat":
-            frames = select_raw(index, ccdid, "flat", f)
+            frames = select_raw(calib, ccdid, "flat", f)
             masters.append(("flat", MasterFlat(date=date, ccdid=ccdid, filtercode=f).output().path))
         else:
             frames = []
@@ -128,7 +132,7 @@ def plan_night(date: dt.date, spec: str, filters: list[str], listing: object,
         needed_raw += frames
     plan.raw = {k: v for k, v in plan.raw.items() if k != "fplevel"}
     plan.masters = dict(collections.Counter(k for k, _ in masters))
-    plan.raw_present = sum(raw_listing.exists(date, raw_target(r).path) for r in needed_raw)
+    plan.raw_present = sum(raw_listing.exists(date, r.filename) for r in needed_raw)
     plan.masters_present = sum(cal_listing.exists(url) for _, url in masters)
     return plan
 

@@ -83,8 +83,7 @@ def campaign_status(entry: object, out: TextIO | None = None) -> int:
     """
     out = out or sys.stdout
     from ztfluigi import naming
-    from ztfluigi.tasks.campaign import NightListing, selected_quadrants
-    from ztfluigi.tasks.catalog import catalog_target
+    from ztfluigi.tasks.campaign import NightListing, catalogue_name, selected_quadrants
     from ztfluigi.tasks.raw import RawIndex, night_index
 
     start = time.monotonic()
@@ -100,7 +99,7 @@ def campaign_status(entry: object, out: TextIO | None = None) -> int:
         index = night_index(date)
         for f in filters:
             pairs = selected_quadrants(index, entry.region, f)
-            have = sum(listing.exists(date, catalog_target(r, q).path) for r, q in pairs)
+            have = sum(listing.exists(date, catalogue_name(r, q)) for r, q in pairs)
             row = rows.setdefault((date.year, f), [0, 0, 0, 0])
             row[0] += 1
             row[1] += bool(pairs)

@@ -14,7 +14,8 @@ observed in its season, each field every third night or so.
 Weather losses stay those of :func:`ztfluigi.sim.schedule.dome_closed`.
 
 Hook (in :func:`ztfluigi.sim.schedule.night_log`, with ``SimConfig.survey``):
-:func:`night_fields` returns the visits; ``night_log`` adds one exposure per visit.
+:func:`science_sequence` gives the exposures of :func:`night_fields`' visits, which
+``night_log`` adds after its calibrations (as it does for a starflat sequence).
 """
 
 from __future__ import annotations
@@ -92,3 +93,30 @@ def night_fields(
             t += cadence
         t_block = end
     return visits
+
+
+def science_sequence(
+    cfg: object, date: dt.date, start_jd: float, dawn: float, rng: np.random.Generator
+) -> list[dict[str, object]]:
+    """Keyword arguments of the night's survey exposures (``Exposure(**kw)``), as ``night_log``
+    writes its science block: a few arcsec of pointing scatter, seeing growing with airmass.
+
+    Visits falling before ``start_jd`` (the end of the calibrations) are moved after it, keeping
+    the camera cadence.
+    """
+    from ztfluigi.sim.schedule import SCIENCE_CADENCE, SCIENCE_EXPTIME
+
+    out: list[dict[str, object]] = []
+    t = start_jd
+    for visit in night_fields(cfg, date, start_jd, dawn, rng):
+        t = max(t, visit.jd)
+        field = visit.field
+        ra = field["ra"] + rng.normal(0, 2.0) / 3600.0 / np.cos(np.radians(field["dec"]))
+        dec = field["dec"] + rng.normal(0, 2.0) / 3600.0
+        alt, _ = ephemeris.altaz(ra, dec, t)
+        seeing = 2.0 * ephemeris.airmass(alt) ** 0.6 * rng.uniform(0.85, 1.15)
+        out.append(dict(obsjd=t, imgtype="object", filtercode=visit.filtercode,
+                        field=int(field["id"]), exptime=SCIENCE_EXPTIME, ra=float(ra),
+                        dec=float(dec), seeing=float(seeing)))  # fmt: skip
+        t += SCIENCE_CADENCE / 86400.0
+    return out

@@ -80,9 +80,15 @@ def selected_quadrants(
     for i, (name, c) in enumerate(zip(names, ccds, strict=True)):
         qids = [q for q in range(1, 5) if quads[i, camera.rcid(int(c), q)]]
         if qids:
-            rawname = naming.parse_raw_filename(name)
+            # the index's own names: no need to validate them again (strptime is slow)
+            rawname = RawName(name[4:18], int(name[19:25]), name[26:28], int(c), "o")
             out += [(rawname, q) for q in qids]
     return out
+
+
+def catalogue_name(rawname: RawName, qid: int) -> str:
+    """Base name of a quadrant's catalogue (what a night listing holds)."""
+    return naming.science_quadrant_name(rawname, qid, "apcat.parquet", prefix="ztfin2p3")
 
 
 def night_catalogues(date: dt.date, spec: str, filtercode: str = "") -> list[str] | None:
@@ -135,7 +141,7 @@ class NightListing:
         return self._names[date]
 
     def exists(self, date: dt.date, url: str) -> bool:
-        """Whether the file ``url`` of night ``date`` exists."""
+        """Whether the file ``url`` (or base name) of night ``date`` exists."""
         return url.rpartition("/")[2] in self.names(date)
 
 
@@ -274,12 +280,12 @@ class ApertureCatalogCampaign(progress.OneLineFailures, luigi.Task):
         listing = NightListing()
         st = CampaignState()
         for date in self.nights() if dates is None else dates:
-            urls = night_catalogues(date, self.region, self.filtercode)
-            if urls is None:
+            if not RawIndex(date=date).output().exists():
                 st.unknown.append(date)
             else:
-                have = sum(listing.exists(date, u) for u in urls) if urls else 0
-                st.counts[date] = (have, len(urls))
+                pairs = selected_quadrants(night_index(date), self.region, self.filtercode)
+                have = sum(listing.exists(date, catalogue_name(*p)) for p in pairs) if pairs else 0
+                st.counts[date] = (have, len(pairs))
             if stop_early and (st.unknown or st.incomplete):
                 break
         return st
