@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import DEMO_DATE, build_ok, night_without_calibration
-from ztfluigi import calib, camera, storage
+from ztfluigi import calib, camera, fitschecksum, storage
 from ztfluigi.sim import detector, schedule, truth
 from ztfluigi.stacking import ClipSpec, clipped_median
 from ztfluigi.tasks import FocalPlaneFlatImage, FocalPlaneLevel, MasterBias, MasterFlat
@@ -142,6 +142,8 @@ def test_flat_without_led_is_reported_not_silently_dropped(luigi_store):
     content = storage.read_bytes(victim)
     at = content.index(b"ILUM_LED=")
     damaged = content[:at] + b"COMMENT  " + content[at + 9 :]  # the card no longer has a value
+    # ... in a file the archive served whole (valid checksums): a damaged one would be re-fetched
+    damaged = fitschecksum.add_checksums(damaged)
     victim.remove()
     storage.write_bytes(victim, damaged)
     task = MasterFlat(date=DEMO_DATE, ccdid=ccdid, filtercode="zg")

@@ -55,11 +55,14 @@ def quadrant_catalogue(
     refcat_name: str,
     archive_name: str,
     correction: CorrectionSpec,
+    photometry_spec: photometry.PhotometrySpec | None = None,
 ) -> pa.Table:
-    """Aperture catalogue of a science quadrant: the reference cone at the epoch, then sep
-    photometry of every star, with :func:`catalogue_metadata`."""
+    """Aperture catalogue of a science quadrant: the reference cone at the epoch, then aperture
+    photometry of every star (``photometry_spec``, recorded by it), with
+    :func:`catalogue_metadata`."""
     ra, dec, radius = refcat.footprint_cone(WCS(sci.header), sci.data.shape, REFCAT_MARGIN_ARCSEC)
     stars = refcat.at_epoch(catalogue.cone(ra, dec, radius), float(sci.header["OBSMJD"]))
     metadata = catalogue_metadata(sci, rawname, qid, calibration, refcat_name, archive_name,
                                   correction)  # fmt: skip
-    return photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars, metadata=metadata)
+    return photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars, metadata=metadata,
+                                           spec=photometry_spec)  # fmt: skip

@@ -14,8 +14,10 @@ import luigi
 from luigi.cmdline_parser import CmdlineParser
 from luigi.parameter import ParameterVisibility
 
-from ztfluigi import archive, storage
+from ztfluigi import archive, settings_check, storage
 from ztfluigi.archive import Archive
+from ztfluigi.corrections import CorrectionSpec
+from ztfluigi.photometry import PhotometrySpec
 from ztfluigi.sim.schedule import SimConfig
 from ztfluigi.specs import ProcessingSpecs
 from ztfluigi.storage import url_join
@@ -42,6 +44,15 @@ class ztfluigi(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
     calib_window = luigi.IntParameter(
         default=10, description="calibration nights are searched within ±N days"
     )
+    pocket = luigi.ChoiceParameter(
+        default="auto", choices=("auto", "on", "off"),
+        description="pocket-effect correction of masters and science (auto: from 2019-10-22)",
+    )  # fmt: skip
+    photometry = luigi.ChoiceParameter(
+        default="default", choices=("default", "reference"),
+        description="default: star-masked background, exact one-pass apertures, saturation "
+        "flag; reference: the reference pipeline's sep background and sums",
+    )  # fmt: skip
     listing_confirm_missing = luigi.BoolParameter(
         default=False,
         description="confirm names missing from a directory listing with a direct check "
@@ -190,4 +201,25 @@ def install_store_settings() -> None:
 
 def processing_specs() -> ProcessingSpecs:
     """The specs every step runs with under the current configuration (one place)."""
-    return ProcessingSpecs()
+    section = settings()
+    photometry = (PhotometrySpec.reference() if section.photometry == "reference"
+                  else PhotometrySpec())  # fmt: skip
+    return ProcessingSpecs(correction=CorrectionSpec(pocket=section.pocket), photometry=photometry)
+
+
+_checked: tuple | None = None  # the configuration stamp last found valid
+
+
+def check_settings() -> None:
+    """Refuse unknown keys and impossible values of ``[ztfluigi]``, ``[sim]`` and ``[s3]``
+    (:class:`~ztfluigi.settings_check.SettingsError`, one line), once per configuration."""
+    global _checked
+    cfg = luigi.configuration.get_config()
+    stamp = (_stamp(), tuple(tuple(cfg.items("sim", raw=True)) if cfg.has_section("sim") else ()))
+    if stamp == _checked:
+        return
+    known = {cls.__name__: [name for name, _ in cls.get_params()] for cls in (ztfluigi, sim, s3)}
+    sections = {name: dict(cfg.items(name, raw=True)) if cfg.has_section(name) else {}
+                for name in known}  # fmt: skip
+    settings_check.check(sections, known)
+    _checked = stamp

@@ -87,7 +87,7 @@ class CorrectionSpec:
             ("OSCLIP", self.overscan_clip, "overscan rows clipped at median +- N raw MAD"),
             ("CORRORD", self.order, "order of overscan and non-linearity corrections"),
             ("NLTABLE", self.nl_table or "by-date", "non-linearity table"),
-            ("POCKET", self.pocket, "pocket-effect correction (on/off; auto: by date)"),
+            ("POCKET", self.pocket, "pocket correction (on, off; auto: by date)"),
         ]
 
 

@@ -13,21 +13,25 @@ from dataclasses import dataclass, field
 
 from ztfluigi import calib
 from ztfluigi.corrections import CorrectionSpec
+from ztfluigi.photometry import PhotometrySpec
 from ztfluigi.stacking import ClipSpec, ClipStats
 
 
 @dataclass(frozen=True)
 class ProcessingSpecs:
-    """The specs of every step: raw corrections (masters and science) and the two stacks."""
+    """The specs of every step: raw corrections (masters and science), the two stacks, and the
+    aperture photometry."""
 
     correction: CorrectionSpec = field(default_factory=CorrectionSpec)
     bias_clip: ClipSpec = calib.BIAS_CLIP
     flat_clip: ClipSpec = calib.FLAT_CLIP
+    photometry: PhotometrySpec = field(default_factory=PhotometrySpec)
 
     def recorded_keywords(self) -> tuple[str, ...]:
-        """Header keywords of the masters' steps (corrections, clipping and its counts), which
-        a catalogue copies from the calibrations it used."""
+        """Header keywords of the masters' steps (corrections, clipping and its counts) and their
+        ``DATASUM``, which a catalogue copies from the calibrations it used (a catalogue whose
+        recorded DATASUM differs from its calibration's was built from another version)."""
         stats = ClipStats(0, 0, 0, 0, 0)
         cards = [*self.correction.header_cards(), *self.bias_clip.header_cards(),
                  *stats.header_cards()]  # fmt: skip
-        return tuple(dict.fromkeys(c[0] for c in cards))
+        return (*dict.fromkeys(c[0] for c in cards), "DATASUM")

@@ -28,10 +28,14 @@ from ztfluigi.storage.filesystems import (
 )
 from ztfluigi.storage.listing import ListingCache, bulk_exists, set_confirm_missing
 from ztfluigi.storage.products import (
+    DIGEST_KEY,
+    DamagedProduct,
     ProductError,
+    quarantine,
     read_bytes,
     read_fits,
     read_parquet,
+    table_digest,
     write_bytes,
     write_fits,
     write_parquet,
@@ -45,10 +49,14 @@ credentials.install()
 __all__ = [
     "S3_DEFAULT_PART_SIZE",
     "S3_MIN_PART_SIZE",
+    "DIGEST_KEY",
+    "DamagedProduct",
     "FsspecFileSystem",
     "FsspecTarget",
     "ListingCache",
     "ProductError",
+    "quarantine",
+    "table_digest",
     "StoreSettings",
     "abort_incomplete_uploads",
     "bulk_exists",

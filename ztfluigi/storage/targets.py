@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +21,51 @@ from ztfluigi.storage import filesystems
 from ztfluigi.storage.filesystems import FsspecFileSystem, is_s3
 from ztfluigi.storage.urls import normalise_url, split_url
 
-# Hidden temporary names written next to (or instead of) a product: ``.{name}.tmp-{hex}``.
+# Hidden temporary names written next to (or instead of) a product:
+# ``.{name}.tmp-{host:8}{pid:8}{uuid:32}`` in hex (older versions wrote ``.{name}.tmp-{uuid}``).
 TMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]+$")
+_WRITER_RE = re.compile(r"\.tmp-([0-9a-f]{8})([0-9a-f]{8})[0-9a-f]{32}$")
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+#: a temporary older than this is stale whoever wrote it (no product write takes that long)
+STALE_TEMPORARY_S = 6 * 3600.0
+_SWEPT: set[str] = set()  # directories already swept by this process
+
+
+def _writer_gone(name: str) -> bool:
+    """Whether the temporary's writer was a process of this host that no longer exists."""
+    match = _WRITER_RE.search(name)
+    if match is None or match.group(1) != _HOST:
+        return False
+    try:
+        os.kill(int(match.group(2), 16), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def sweep_stale_temporaries(directory: str, now: float | None = None) -> list[str]:
+    """Remove the temporaries that killed writers left in a local directory: those whose writer
+    (on this host) is gone, and any older than :data:`STALE_TEMPORARY_S`. Returns their paths."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if not TMP_RE.match(entry.name):
+            continue
+        try:
+            stale = now - entry.stat().st_mtime > STALE_TEMPORARY_S or _writer_gone(entry.name)
+            if stale:
+                os.remove(entry.path)
+                removed.append(entry.path)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            continue
+    return removed
+
 
 class _Staging:
     """A local temporary file for a target and the way to commit it under the final name."""
@@ -27,13 +73,16 @@ class _Staging:
     def __init__(self, target: FsspecTarget) -> None:
         self.fs = target.fs
         self.url = target.path
-        tmp_name = f".{split_url(self.url)[1]}.tmp-{uuid.uuid4().hex}"
+        tmp_name = f".{split_url(self.url)[1]}.tmp-{_HOST}{os.getpid():08x}{uuid.uuid4().hex}"
         if self.fs.is_local:
             # Same directory as the product: os.replace is then an atomic rename, also on
             # FUSE mounts (iRODS) where cross-directory renames may copy or fail.
             self.final = self.fs._path(self.url)
             parent = os.path.dirname(self.final)
             os.makedirs(parent, exist_ok=True)
+            if parent not in _SWEPT:  # the first write into a directory clears killed writes
+                _SWEPT.add(parent)
+                sweep_stale_temporaries(parent)
             self.local_path = os.path.join(parent, tmp_name)
         else:
             self.final = None

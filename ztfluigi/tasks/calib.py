@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import luigi
 import numpy as np
 from astropy.io import fits
 
-from ztfluigi import calib, camera, config, naming, raw, storage
+from ztfluigi import calib, camera, config, naming, storage
 from ztfluigi.corrections import CorrectionSpec, correct_ccd
 from ztfluigi.provenance import Provenance, master_provenance
 from ztfluigi.tasks import progress
+from ztfluigi.tasks.inputs import read_or_rebuild
 from ztfluigi.tasks.parameters import CcdParameter, FilterParameter, NightParameter
-from ztfluigi.tasks.raw import RawFiles, raw_target
+from ztfluigi.tasks.raw import RawFile, RawFiles, read_stored_raw
 
 logger = logging.getLogger("luigi-interface")
 
@@ -24,14 +27,24 @@ def cal_target(relpath: str) -> storage.FsspecTarget:
     return storage.get_target(config.settings().cal_url(relpath))
 
 
-def corrected_frames(task: luigi.Task, rawnames: list[naming.RawName], spec: CorrectionSpec):  # noqa: ANN201
-    """Yield (file name, primary header, corrected sky-oriented CCD) for stored raw files."""
+def corrected_frames(
+    task: luigi.Task, rawnames: list[naming.RawName], spec: CorrectionSpec
+) -> Generator[list[luigi.Task], Any, list[tuple[str, fits.Header, np.ndarray]]]:
+    """(file name, primary header, corrected sky-oriented CCD) of stored raw files, verified
+    (a damaged one is fetched again). ``yield from`` it in a ``run()``."""
+    frames = []
     for i, rawname in enumerate(rawnames):
-        content = storage.read_bytes(raw_target(rawname).path)
-        ccd = raw.read_raw(content, rawname.filename)
+        ccd = yield from read_or_rebuild(lambda r=rawname: read_stored_raw(r),
+                                         RawFile(filename=rawname.filename))  # fmt: skip
         progress.report(task, i, len(rawnames), "raw frames corrected")
-        yield rawname.filename, ccd.header, correct_ccd(ccd.data, ccd.overscan, rawname.ccdid,
-                                                        rawname.date, spec)  # fmt: skip
+        frames.append((rawname.filename, ccd.header,
+                       correct_ccd(ccd.data, ccd.overscan, rawname.ccdid, rawname.date, spec)))
+    return frames
+
+
+def read_image(target: storage.FsspecTarget) -> fits.HDUList:
+    """A calibration product, verified against its checksums."""
+    return storage.read_fits(target, require_checksum=True)
 
 
 def write_image(target: storage.FsspecTarget, data: np.ndarray, record: Provenance) -> None:
@@ -54,7 +67,7 @@ class MasterBias(progress.OneLineFailures, luigi.Task):
     def output(self) -> storage.FsspecTarget:
         return cal_target(naming.master_bias_relpath(self.date, self.ccdid))
 
-    def run(self) -> None:
+    def run(self) -> Iterator[list[luigi.Task]]:
         rawnames = self.requires().branches()
         if len(rawnames) < calib.MIN_FRAMES:
             raise calib.CalibrationError(
@@ -62,10 +75,11 @@ class MasterBias(progress.OneLineFailures, luigi.Task):
                 f"{calib.BIAS_SKIP}, at least {calib.MIN_FRAMES} needed"
             )
         specs = config.processing_specs()
-        frames = [f for _, _, f in corrected_frames(self, rawnames, specs.correction)]
+        correction = specs.correction.for_imgtype("bias").resolved(self.date)
+        frames = [f for _, _, f in (yield from corrected_frames(self, rawnames, correction))]
         bias, stats = calib.master_bias_stats(frames, specs.bias_clip)
         record = master_provenance("bias", self.date, self.ccdid, [r.filename for r in rawnames],
-                                   [specs.correction, specs.bias_clip, stats])  # fmt: skip
+                                   [correction, specs.bias_clip, stats])  # fmt: skip
         write_image(self.output(), bias, record)
 
 
@@ -92,19 +106,22 @@ class MasterFlat(progress.OneLineFailures, luigi.Task):
     def output(self) -> storage.FsspecTarget:
         return cal_target(naming.master_flat_relpath(self.date, self.ccdid, self.filtercode))
 
-    def run(self) -> None:
+    def run(self) -> Iterator[list[luigi.Task]]:
         bias_target = self.input()["bias"]
-        bias = np.asarray(storage.read_fits(bias_target)[0].data, dtype=np.float32)
+        bias_hdul = yield from read_or_rebuild(lambda: read_image(bias_target),
+                                               self.requires()["bias"])  # fmt: skip
+        bias = np.asarray(bias_hdul[0].data, dtype=np.float32)
         rawnames = self.requires()["flats"].branches()
         specs = config.processing_specs()
-        frames = corrected_frames(self, rawnames, specs.correction)
+        correction = specs.correction.for_imgtype("flat").resolved(self.date)
+        frames = yield from corrected_frames(self, rawnames, correction)
         selection = calib.select_flats_by_led(frames, camera.FILTER_LEDS[self.filtercode])
         if selection.rejected:
             logger.warning("%s: flats without a usable LED left out: %s", self,
                            "; ".join(selection.rejected))  # fmt: skip
         result = calib.master_flat(selection.by_led, bias, specs.flat_clip)
         record = master_provenance("flat", self.date, self.ccdid, selection.used,
-                                   [specs.correction, specs.flat_clip, result.stats])  # fmt: skip
+                                   [correction, specs.flat_clip, result.stats])  # fmt: skip
         record.extend(calib.flat_cards(result, self.filtercode, bias_target.path.rsplit("/", 1)[-1],
                                        selection.rejected))  # fmt: skip
         write_image(self.output(), result.flat, record)
@@ -126,11 +143,12 @@ class FocalPlaneLevel(progress.OneLineFailures, luigi.Task):
             naming.focal_plane_relpath(self.date, self.filtercode, "fp_flatnorm.fits")
         )
 
-    def run(self) -> None:
+    def run(self) -> Iterator[list[luigi.Task]]:
         flats = {}
         for ccdid, target in self.input().items():
-            hdu = storage.read_fits(target)[0]
-            flats[ccdid] = (np.asarray(hdu.data, np.float32), float(hdu.header["FLTNORM"]))
+            hdul = yield from read_or_rebuild(lambda t=target: read_image(t),
+                                              self.requires()[ccdid])  # fmt: skip
+            flats[ccdid] = (np.asarray(hdul[0].data, np.float32), float(hdul[0].header["FLTNORM"]))
         level = calib.focal_plane_level(flats)
         table = calib.focal_plane_columns(
             {c: norm for c, (_, norm) in flats.items()},
@@ -146,7 +164,7 @@ class FocalPlaneLevel(progress.OneLineFailures, luigi.Task):
 
 def read_focal_plane_level(target: storage.FsspecTarget) -> tuple[float, dict[int, float]]:
     """(FLTNORM_FP, {ccdid: FLTNORM}) from a stored FocalPlaneLevel product."""
-    return calib.read_focal_plane_level(storage.read_fits(target))
+    return calib.read_focal_plane_level(read_image(target))
 
 
 class FocalPlaneFlatImage(progress.OneLineFailures, luigi.Task):
@@ -166,7 +184,7 @@ class FocalPlaneFlatImage(progress.OneLineFailures, luigi.Task):
         from ztfluigi import plots  # matplotlib is an optional extra
 
         level, norms = read_focal_plane_level(self.input()["level"])
-        flats = {c: np.asarray(storage.read_fits(t)[0].data, np.float32)
+        flats = {c: np.asarray(read_image(t)[0].data, np.float32)
                  for c, t in self.input()["flats"].items()}  # fmt: skip
         buf = io.BytesIO()
         plots.focal_plane_flat(

@@ -19,21 +19,24 @@ from collections.abc import Iterator
 
 import luigi
 
-from ztfluigi import calmatch, catalogue, config, naming, raw, refcat, storage
+from ztfluigi import calmatch, catalogue, config, naming, refcat, storage
 from ztfluigi.naming import RawName
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
+from ztfluigi.tasks.inputs import read_or_rebuild
 from ztfluigi.tasks.parameters import (
     CcdParameter,
+    FieldParameter,
     FilterParameter,
     NightParameter,
 )
-from ztfluigi.tasks.raw import RawFiles, RawIndex, night_index, raw_target, select_raw
+from ztfluigi.tasks.raw import RawFile, RawFiles, RawIndex, night_index, read_stored_raw, select_raw
 from ztfluigi.tasks.science import (
     QuadrantParameters,
     ScienceQuadrant,
     calibration_tasks,
-    load_calibration,
+    read_calibration,
+    science_correction,
     science_quadrant,
     store_science_quadrant,
 )
@@ -61,7 +64,7 @@ class ApertureCatalogUnit(BranchedUnit):
     date = NightParameter()
     ccdid = CcdParameter()
     filtercode = FilterParameter()
-    field = luigi.IntParameter(default=0, description="only this ZTF field (0 = all)")
+    field = FieldParameter()
 
     def requires(self) -> dict[str, luigi.Task]:
         return {
@@ -95,28 +98,30 @@ def build_catalogues(
     if config.settings().refcat == "sim":  # only nights with science have a synthetic catalogue
         yield [SimRefCatalog(date=date)]
     match, calib_tasks = yield from calibration_tasks(date, ccdid, filtercode)
-    calibration = load_calibration(match, calib_tasks)
+    calibration = yield from read_calibration(match, calib_tasks)
     url, archive = refcat_url(date), config.get_archive()
     reference = refcat.RefCatalog(url)
-    correction = config.processing_specs().correction
+    specs = config.processing_specs()
     by_raw: dict[RawName, list[int]] = {}
     for rawname, qid in todo:
         by_raw.setdefault(rawname, []).append(qid)
     done = 0
     for rawname, qids in by_raw.items():
-        ccd = raw.read_raw(storage.read_bytes(raw_target(rawname).path), rawname.filename)
+        ccd = yield from read_or_rebuild(lambda r=rawname: read_stored_raw(r),
+                                         RawFile(filename=rawname.filename))  # fmt: skip
         for qid in qids:
             sci = science_quadrant(ccd, rawname, qid, calibration)
             if config.settings().store_science:
                 store_science_quadrant(sci, rawname, qid)
             table = catalogue.quadrant_catalogue(sci, rawname, qid, calibration, reference, url,
-                                                 archive.name, correction)  # fmt: skip
+                                                 archive.name, science_correction(rawname),
+                                                 specs.photometry)  # fmt: skip
             storage.write_parquet(catalog_target(rawname, qid), table)
             done += 1
             progress.report(task, done, len(todo), "quadrant catalogues")
 
 
-class ApertureCatalog(luigi.Task):
+class ApertureCatalog(progress.OneLineFailures, luigi.Task):
     """Every aperture catalogue of a night (narrowed by CCD, filter, field): the entry point.
 
     Requires the catalogue units; complete when they are and so are the night's own stored
@@ -128,13 +133,11 @@ class ApertureCatalog(luigi.Task):
     """
 
     date = NightParameter()
-    ccdid = luigi.IntParameter(default=0, description="only this CCD (0 = all 16)")
+    ccdid = CcdParameter(default=0, allow_all=True)
     filtercode = FilterParameter(default="", allow_all=True)
-    field = luigi.IntParameter(default=0, description="only this ZTF field (0 = all)")
+    field = FieldParameter()
 
     def _selection(self) -> tuple[list[int] | range, list[str] | tuple[str, ...]]:
-        if self.ccdid:
-            CcdParameter().normalize(self.ccdid)
         ccds = [self.ccdid] if self.ccdid else range(1, 17)
         return ccds, [self.filtercode] if self.filtercode else naming.SCIENCE_FILTERS
 

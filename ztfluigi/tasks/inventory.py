@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import luigi
 
-from ztfluigi import storage
+from ztfluigi import fitschecksum, storage
 from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, catalog_target
 from ztfluigi.tasks.raw import RawFiles, RawIndex, raw_target
@@ -114,3 +114,23 @@ def existing(products: list[Product], listing: storage.ListingCache | None = Non
     """Whether each product exists, one listing per directory."""
     listing = listing or storage.ListingCache()
     return listing.exists_many([p.url for p in products])
+
+
+def damage(product: Product) -> str | None:
+    """Why a stored product fails verification (None: it is whole).
+
+    Raw files: FITS structure and the archive's CHECKSUM/DATASUM; calibration products: their
+    own checksums (required); parquet products: page checksums and the rows' digest.
+    """
+    try:
+        if product.kind == "raw":
+            fitschecksum.verify(storage.read_bytes(product.url), product.url)
+        elif product.url.endswith(".fits"):
+            storage.read_fits(product.url, require_checksum=product.kind != "science")
+        elif product.url.endswith(".parquet"):
+            storage.read_parquet(product.url, require_digest=True)
+    except fitschecksum.FitsIntegrityError as exc:
+        return str(exc)
+    except storage.DamagedProduct as exc:
+        return str(exc)
+    return None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 
 import luigi
 
 from ztfluigi import naming
+from ztfluigi.settings_check import SettingsError
 
 FIRST_NIGHT = dt.date(2017, 11, 1)  #: ZTF first light
 
@@ -21,7 +23,7 @@ class _OneLineParameterErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, InvalidParameter | naming.InvalidName):
+        if isinstance(exc, InvalidParameter | naming.InvalidName | SettingsError):
             record.msg, record.args, record.exc_info, record.exc_text = str(exc), (), None, None
         return True
 
@@ -54,25 +56,71 @@ class NightParameter(luigi.DateParameter):
         return value
 
 
+def _whole(name: str, value: int | str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"{name} {value!r} is not a whole number") from None
+
+
 class CcdParameter(luigi.IntParameter):
-    """A CCD id, 1–16."""
+    """A CCD id, 1–16 (or 0 for all, where allowed)."""
+
+    def __init__(self, *args: object, allow_all: bool = False, **kwargs: object) -> None:
+        kwargs.setdefault("description", "CCD id 1-16" + (" (0 = all 16)" if allow_all else ""))
+        super().__init__(*args, **kwargs)
+        self.allow_all = allow_all
+
+    def parse(self, s: str) -> int:
+        return _whole("ccdid", s)
 
     def normalize(self, value: int | str | None) -> int | None:
         if value is None:
             return None
-        value = int(value)
-        if not 1 <= value <= 16:
+        value = _whole("ccdid", value)
+        if not (1 <= value <= 16 or (value == 0 and self.allow_all)):
             raise InvalidParameter(f"ccdid {value} is not a ZTF CCD id (1-16)")
         return value
+
+
+class FieldParameter(luigi.IntParameter):
+    """A ZTF field id of the real field grid, or 0 for all fields."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("default", 0)
+        kwargs.setdefault("description", "only this ZTF field (0 = all)")
+        super().__init__(*args, **kwargs)
+
+    def parse(self, s: str) -> int:
+        return _whole("field", s)
+
+    def normalize(self, value: int | str | None) -> int | None:
+        if value is None:
+            return None
+        value = _whole("field", value)
+        if value and value not in _field_ids():
+            raise InvalidParameter(f"field {value} is not in the ZTF field grid "
+                                   f"({min(_field_ids())}-{max(_field_ids())})")  # fmt: skip
+        return value
+
+
+@functools.cache
+def _field_ids() -> frozenset[int]:
+    from ztfluigi.sim.schedule import ztf_fields
+
+    return frozenset(int(i) for i in ztf_fields()["id"])
 
 
 class QidParameter(luigi.IntParameter):
     """A quadrant id, 1–4."""
 
+    def parse(self, s: str) -> int:
+        return _whole("qid", s)
+
     def normalize(self, value: int | str | None) -> int | None:
         if value is None:
             return None
-        value = int(value)
+        value = _whole("qid", value)
         if not 1 <= value <= 4:
             raise InvalidParameter(f"qid {value} is not a ZTF quadrant id (1-4)")
         return value

@@ -27,10 +27,11 @@ def expected_error_types() -> tuple[type[BaseException], ...]:
     from ztfluigi.calmatch import NoCalibrationError
     from ztfluigi.raw import RawFileError
     from ztfluigi.science import ScienceError
+    from ztfluigi.settings_check import SettingsError
     from ztfluigi.storage import ProductError
 
     return (ArchiveError, CalibrationError, NoCalibrationError, RawFileError, ScienceError,
-            ProductError)  # fmt: skip
+            ProductError, SettingsError)  # fmt: skip
 
 
 def _fail_status(task: luigi.Task, exc: BaseException) -> None:
@@ -69,7 +70,8 @@ def _status_on_failure(run: Callable) -> Callable:
 
 
 class OneLineFailures:
-    """Mixin: a task failing with a known ztfluigi error reports its one-line message.
+    """Mixin: a task failing with a known ztfluigi error reports its one-line message; building
+    one first checks the settings (:func:`ztfluigi.config.check_settings`).
 
     Luigi sends ``on_failure``'s return value to the scheduler (``fetch_error``: the visualiser's
     error pop-up and the execution summary); the default is the whole traceback. The same line
@@ -77,6 +79,12 @@ class OneLineFailures:
     task failed without opening it (``run`` of each subclass is wrapped to set it: ``on_failure``
     runs after Luigi has withdrawn the status callbacks).
     """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        from ztfluigi import config
+
+        config.check_settings()  # before any task exists: a bad setting never runs
+        super().__init__(*args, **kwargs)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -69,6 +69,16 @@ def raw_target(rawname: RawName) -> storage.FsspecTarget:
     return storage.get_target(config.settings().raw_url(rawname.relpath))
 
 
+def read_stored_raw(rawname: RawName) -> raw.RawCCD:
+    """A raw file from the raw store, verified (structure, checksums, decompression);
+    :class:`~ztfluigi.storage.DamagedProduct` naming it when it fails."""
+    url = raw_target(rawname).path
+    try:
+        return raw.verify_raw(storage.read_bytes(url), rawname.filename)
+    except raw.RawFileError as exc:
+        raise storage.DamagedProduct(f"damaged raw file {url}: {exc}", url) from None
+
+
 def fetch_raw(rawname: RawName, target: storage.FsspecTarget) -> None:
     """Download (or synthesise) one raw file, verify it completely, then commit it atomically."""
     archive = config.get_archive()
@@ -132,7 +142,7 @@ class RawFiles(BranchedUnit):
             progress.report(self, i + 1, len(todo), "raw files fetched")
 
 
-class RawNight(luigi.WrapperTask):
+class RawNight(progress.OneLineFailures, luigi.WrapperTask):
     """Every raw file of a night, grouped in RawFiles units (CCD × image type)."""
 
     date = NightParameter()

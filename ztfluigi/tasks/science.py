@@ -22,17 +22,20 @@ import luigi
 import numpy as np
 from astropy.io import fits
 
-from ztfluigi import calmatch, config, naming, raw, science, storage
+from ztfluigi import calib, calmatch, config, naming, raw, science, storage
+from ztfluigi import provenance as prov
+from ztfluigi.corrections import CorrectionSpec
 from ztfluigi.naming import RawName
 from ztfluigi.tasks import progress
-from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat, read_focal_plane_level
+from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat, read_image
+from ztfluigi.tasks.inputs import read_or_rebuild
 from ztfluigi.tasks.parameters import (
     FIRST_NIGHT,
     InvalidParameter,
     QidParameter,
     RawFilenameParameter,
 )
-from ztfluigi.tasks.raw import RawFile, RawIndex, night_index, raw_target
+from ztfluigi.tasks.raw import RawFile, RawIndex, night_index, read_stored_raw
 
 CalibrationTasks = tuple[MasterBias, MasterFlat, FocalPlaneLevel]
 
@@ -94,18 +97,33 @@ def stored_calibration(
     return step, tasks
 
 
+def _calibration(match: calmatch.CalibrationMatch, tasks: CalibrationTasks,
+                 hduls: list[fits.HDUList]) -> science.Calibration:  # fmt: skip
+    bias, flat, fp = hduls
+    fltnorm_fp, _ = calib.read_focal_plane_level(fp)
+    files = {k: t.output().path.rsplit("/", 1)[-1]
+             for k, t in zip(("bias", "flat", "fp"), tasks, strict=True)}  # fmt: skip
+    calibration = science.Calibration.from_products(
+        bias, flat, fltnorm_fp, files, match, config.processing_specs().recorded_keywords())
+    calibration.recorded["fp"] = prov.recorded_cards(fp[0].header, ("DATASUM",))
+    return calibration
+
+
 def load_calibration(
     match: calmatch.CalibrationMatch, tasks: CalibrationTasks
 ) -> science.Calibration:
-    """Read the matched master bias, flat and focal-plane level from the store."""
-    bias_task, flat_task, fp_task = tasks
-    fltnorm_fp, _ = read_focal_plane_level(fp_task.output())
-    files = {k: t.output().path.rsplit("/", 1)[-1]
-             for k, t in zip(("bias", "flat", "fp"), tasks, strict=True)}  # fmt: skip
-    return science.Calibration.from_products(
-        storage.read_fits(bias_task.output()), storage.read_fits(flat_task.output()), fltnorm_fp,
-        files, match, config.processing_specs().recorded_keywords(),
-    )  # fmt: skip
+    """Read the matched master bias, flat and focal-plane level from the store (verified)."""
+    return _calibration(match, tasks, [read_image(t.output()) for t in tasks])
+
+
+def read_calibration(
+    match: calmatch.CalibrationMatch, tasks: CalibrationTasks
+) -> Generator[list[luigi.Task], Any, science.Calibration]:
+    """As :func:`load_calibration` in a ``run()``: a damaged product is built again."""
+    hduls = []
+    for task in tasks:
+        hduls.append((yield from read_or_rebuild(lambda t=task: read_image(t.output()), task)))
+    return _calibration(match, tasks, hduls)
 
 
 def science_quadrant(
@@ -116,7 +134,12 @@ def science_quadrant(
     ipac_header = archive.science_header(rawname, qid)
     _, ipac_mask = archive.science_mask(rawname, qid)
     return science.calibrated_quadrant(ccd, rawname, qid, calibration, ipac_header, ipac_mask,
-                                       config.processing_specs().correction)  # fmt: skip
+                                       science_correction(rawname))  # fmt: skip
+
+
+def science_correction(rawname: RawName) -> CorrectionSpec:
+    """The raw corrections of a science frame, resolved for its date (what runs, recorded)."""
+    return config.processing_specs().correction.for_imgtype("object").resolved(rawname.date)
 
 
 def science_cache_targets(rawname: RawName, qid: int) -> dict[str, storage.FsspecTarget]:
@@ -181,8 +204,7 @@ class ScienceQuadrantTarget(luigi.Target):
             return science.ScienceQuadrant(np.asarray(sci.data), sci.header,
                                            np.asarray(mask.data))  # fmt: skip
         calibration = load_calibration(*self._stored_calibration())
-        name = self.rawname.filename
-        ccd = raw.read_raw(storage.read_bytes(raw_target(self.rawname).path), name)
+        ccd = read_stored_raw(self.rawname)
         return science_quadrant(ccd, self.rawname, self.qid, calibration)
 
 
