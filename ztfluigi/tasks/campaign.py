@@ -37,24 +37,11 @@ from ztfluigi import camera, naming, region, storage
 from ztfluigi.naming import RawName
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, catalog_target
-from ztfluigi.tasks.parameters import FilterParameter, InvalidParameter, NightParameter
-from ztfluigi.tasks.ranges import nights
+from ztfluigi.tasks.parameters import FilterParameter, NightParameter
+from ztfluigi.tasks.ranges import RegionParameter, nights
 from ztfluigi.tasks.raw import RawFiles, RawIndex, night_index, raw_target
 
 logger = logging.getLogger("luigi-interface")
-
-
-class RegionParameter(luigi.Parameter):
-    """A sky region: '' (whole sky), a preset (``toy``) or ``ra_min,ra_max,dec_min,dec_max``."""
-
-    def normalize(self, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            parsed = region.parse_region(str(value))
-        except ValueError as exc:
-            raise InvalidParameter(str(exc)) from None
-        return parsed.spec() if parsed else ""
 
 
 # --- what a region selects in a night ---------------------------------------------------------
