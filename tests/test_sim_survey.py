@@ -70,3 +70,20 @@ def test_the_toy_region_is_observed_in_its_season_only():
     fa = {int(v.field["id"]) for v in a if sel.quadrants_mask(np.array([v.field["id"]])).any()}
     fb = {int(v.field["id"]) for v in b if sel.quadrants_mask(np.array([v.field["id"]])).any()}
     assert fa and fb and not fa & fb
+
+
+def test_science_sequence_gives_exposures_after_the_calibrations():
+    from ztfluigi import naming
+    from ztfluigi.sim.schedule import Exposure
+
+    date = dt.date(2019, 10, 12)
+    _, dusk, dawn = _visits(date)
+    late = dusk + 0.01  # calibrations running past dusk push the first visits back
+    seq = survey.science_sequence(SimConfig(), date, late, dawn, rng_for(0, "night", "x"))
+    exposures = [Exposure(framenum=i, **kw) for i, kw in enumerate(seq)]
+    assert exposures[0].obsjd >= late and all(e.imgtype == "object" for e in exposures)
+    assert all(b.obsjd - a.obsjd >= (SCIENCE_CADENCE - 0.01) / 86400
+               for a, b in zip(exposures, exposures[1:], strict=False))  # fmt: skip
+    name = exposures[0].raw_name(5).filename
+    assert naming.parse_raw_filename(name).field == exposures[0].field
+    assert len({e.filefracday for e in exposures}) == len(exposures)  # one file name per exposure
