@@ -114,7 +114,7 @@ def mask_reference(
     out[level + amp.pedestal + 5.0 >= amp.saturation] |= 1 << BIT["saturated"]
     stars = sky.quadrant_stars(cfg.seed, exp, ccdid, qid, shape, cond.airmass)
     sky_e = sky.sky_electrons(exp, cond.airmass, cond.moon_illumination)
-    _defect_and_source_bits(out, cfg, exp, ccdid, qid, stars, sky_e, cond.fwhm_pix)
+    _defect_and_source_bits(out, cfg, exp, ccdid, qid, stars, sky_e, cond.fwhm_pix, False)
     return out
 
 
@@ -217,8 +217,13 @@ def _defect_and_source_bits(
     stars: sky.QuadrantStars,
     sky_e: float,
     fwhm_pix: float,
+    vectorized: bool = True,
 ) -> None:
-    """OR the detector-defect, cosmic-ray and source-footprint bits into ``out`` (in place)."""
+    """OR the detector-defect, cosmic-ray and source-footprint bits into ``out`` (in place).
+
+    ``vectorized=False``: the footprints star by star (the definition :func:`mask_reference`
+    keeps); otherwise :func:`_footprints`, same pixels.
+    """
     shape = out.shape
     out[:, detector.dead_columns(cfg.seed, ccdid, qid, shape)] |= (1 << BIT["dead"]) | (
         1 << BIT["lowresponsivity"]
@@ -232,22 +237,52 @@ def _defect_and_source_bits(
     peak = stars.electrons * (psf.BETA - 1) / (np.pi * alpha**2)
     threshold = 1.5 * np.sqrt(sky_e)
     radius = alpha * np.sqrt(np.maximum((peak / threshold) ** (1 / psf.BETA) - 1, 0.0))
-    for x, y, r in zip(stars.x, stars.y, radius, strict=True):
-        if r < 0.5:
-            continue
-        r_int = int(np.ceil(r))
-        r0, r1 = max(int(y) - r_int, 0), min(int(y) + r_int + 2, shape[0])
-        c0, c1 = max(int(x) - r_int, 0), min(int(x) + r_int + 2, shape[1])
-        if r0 >= r1 or c0 >= c1:
-            continue
-        yy = np.arange(r0, r1)[:, None]
-        xx = np.arange(c0, c1)[None, :]
-        disk = (yy - y) ** 2 + (xx - x) ** 2 <= r**2
-        out[r0:r1, c0:c1][disk] |= 1 << BIT["sexsources"]
+    if vectorized:
+        _footprints(out, stars.x, stars.y, radius)
+    else:
+        for x, y, r in zip(stars.x, stars.y, radius, strict=True):
+            if r < 0.5:
+                continue
+            r_int = int(np.ceil(r))
+            r0, r1 = max(int(y) - r_int, 0), min(int(y) + r_int + 2, shape[0])
+            c0, c1 = max(int(x) - r_int, 0), min(int(x) + r_int + 2, shape[1])
+            if r0 >= r1 or c0 >= c1:
+                continue
+            yy = np.arange(r0, r1)[:, None]
+            xx = np.arange(c0, c1)[None, :]
+            disk = (yy - y) ** 2 + (xx - x) ** 2 <= r**2
+            out[r0:r1, c0:c1][disk] |= 1 << BIT["sexsources"]
     snr = stars.electrons / np.sqrt(stars.electrons + np.pi * (1.2 * fwhm_pix) ** 2 * sky_e)
     px, py = np.round(stars.x).astype(int), np.round(stars.y).astype(int)
     detected = (snr > 5) & (px >= 0) & (px < shape[1]) & (py >= 0) & (py < shape[0])
     out[py[detected], px[detected]] |= 1 << BIT["psfsources"]
+
+
+def _footprints(out: np.ndarray, x: np.ndarray, y: np.ndarray, radius: np.ndarray) -> None:
+    """OR the ``sexsources`` bit on the disks of ``radius`` around each star, stars of equal
+    integer radius at once: the same window (from the truncated position), the same float64
+    distance test and so the same pixels as one star at a time."""
+    ny, nx = out.shape
+    keep = radius >= 0.5
+    x, y, radius = x[keep], y[keep], radius[keep]
+    r_int = np.ceil(radius).astype(np.int64)
+    bit = np.int16(1 << BIT["sexsources"])
+    for k in np.unique(r_int):
+        members = np.flatnonzero(r_int == k)
+        offsets = np.arange(-k, k + 2)
+        per_star = offsets.size**2
+        step = max(1, 4_000_000 // per_star)  # bounds the (n, w, w) temporaries
+        for start in range(0, members.size, step):
+            sel = members[start : start + step]
+            xs, ys, rs = x[sel], y[sel], radius[sel]
+            rows = np.trunc(ys).astype(np.int64)[:, None, None] + offsets[None, :, None]
+            cols = np.trunc(xs).astype(np.int64)[:, None, None] + offsets[None, None, :]
+            disk = (rows - ys[:, None, None]) ** 2 + (cols - xs[:, None, None]) ** 2 <= (rs**2)[
+                :, None, None
+            ]
+            disk &= (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+            rows, cols = np.broadcast_arrays(rows, cols)
+            out[rows[disk], cols[disk]] |= bit
 
 
 def mask_header(cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: int) -> fits.Header:
