@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ TABLES = ("cells", "quadrants", "exposures", "terms", "stars", "stats")
 PICTURES = ("residual_fp", "residual_quadnorm", "gain")
 
 
-def starflat_relpath(date, filtercode: str, name: str) -> str:  # noqa: ANN001 - a date
+def starflat_relpath(date: dt.date, filtercode: str, name: str) -> str:
     """``cal/starflat/YYYY/MMDD/ztfin2p3_YYYYMMDD_000000_{filter}_starflat_{name}``."""
     return (f"cal/starflat/{date:%Y}/{date:%m%d}/"
             f"ztfin2p3_{date:%Y%m%d}_000000_{filtercode}_starflat_{name}")  # fmt: skip
@@ -84,7 +85,8 @@ class StarflatFit(progress.OneLineFailures, luigi.Task):
             ccdid = naming.parse_raw_filename(meta["raw_file"]).ccdid
             night = meta.get("flat_night")
             if night and ccdid not in tasks:
-                tasks[ccdid] = MasterFlat(date=night, ccdid=ccdid, filtercode=self.filtercode)
+                tasks[ccdid] = MasterFlat(date=dt.date.fromisoformat(night), ccdid=ccdid,
+                                          filtercode=self.filtercode)  # fmt: skip
         yield list(tasks.values())
         return {c: t.output() for c, t in tasks.items()}
 
@@ -162,6 +164,6 @@ def write_products(
     return result
 
 
-def starflat_url(date, filtercode: str, name: str) -> str:  # noqa: ANN001 - a date
+def starflat_url(date: dt.date, filtercode: str, name: str) -> str:
     """URL of one StarflatFit output under ``cal_root``."""
     return config.settings().cal_url(starflat_relpath(date, filtercode, name))
