@@ -331,7 +331,7 @@ def correct_compiled(
 # to ~1 float64 ulp (max relative error 5e-16 and 2.2e-16 over the pocket's range).
 
 LANES = 16  #: rows corrected together by the compiled kernel
-WORK_ROWS = 13  #: rows of the scratch array of _correct_block
+WORK_ROWS = 14  #: rows of the scratch array of _correct_block
 _MAX_STEPS = 60  #: Halley steps per column before giving up (a warning)
 _SERIES_MAX = 1e-2  #: largest relative step after which n**beta is updated by its series
 _LN2_HI = 6.93147180369123816490e-01
@@ -421,30 +421,6 @@ def _log(x: float) -> float:
     return e * _LN2_HI + (e * _LN2_LO + (2.0 * s + 2.0 * s * s2 * p))
 
 
-@_jit(inline="always")
-def _exp_rough(y: float) -> float:
-    """exp(y) to ~1e-4 relative (a safe Newton bound only), y clamped to [-700, 700]."""
-    y = min(max(y, -700.0), 700.0)
-    kf = (y * _INV_LN2 + _ROUND) - _ROUND
-    r = y - kf * _LN2_HI
-    p = (((r * (1.0 / 24.0) + 1.0 / 6.0) * r + 0.5) * r + 1.0) * r + 1.0
-    return p * _as_float64((np.int64(kf) + 1023) << 52)
-
-
-@_jit(inline="always")
-def _log_rough(x: float) -> float:
-    """log(x) to ~1e-4 absolute (a safe Newton bound only), x > 0 normal."""
-    bits = _as_int64(x)
-    m = _as_float64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)
-    big = m > _SQRT2
-    m = m * 0.5 if big else m
-    e = np.float64((bits >> 52) - 1023 + (1 if big else 0))
-    f = m - 1.0
-    p = f * (1.0 + f * (-0.5 + f * (1.0 / 3.0 + f * (-0.25 + f * (0.2 + f * (-1.0 / 6.0 + f * (
-        1.0 / 7.0 + f * (-0.125))))))))
-    return e * _LN2_HI + p
-
-
 @_jit(nogil=True)
 def _correct_block(buf, nlanes, alpha, cmax, beta, nmax, zero_tol, work):  # noqa: ANN001, ANN202
     """Invert the pocket model in place on ``buf`` (ncols, LANES): read-order columns × rows.
@@ -460,7 +436,6 @@ def _correct_block(buf, nlanes, alpha, cmax, beta, nmax, zero_tol, work):  # noq
     if work.shape[0] < WORK_ROWS or work.shape[1] < nlanes or buf.shape[1] < nlanes:
         raise ValueError("_correct_block: scratch or buffer too small")
     ncols = buf.shape[0]
-    inv_1mb = 1.0 / (1.0 - beta)
     inv_cmax = 1.0 / cmax
     curv = beta * (1.0 - beta)
     # (1 - r)**beta = sum_k a_k r**k, |r| <= _SERIES_MAX: the update of n**beta after a step
@@ -474,7 +449,8 @@ def _correct_block(buf, nlanes, alpha, cmax, beta, nmax, zero_tol, work):  # noq
     a8 = a7 * (beta - 7.0) / -8.0
     q, w, c, t, n, flush, crit, nb, rel = (work[0], work[1], work[2], work[3], work[4], work[5],
                                            work[6], work[7], work[8])
-    xa, oa, dq, dc = work[9], work[10], work[11], work[12]  # (q/cmax)**alpha, (1-q/cmax)**alpha
+    xa, oa, dq, dc, ns = work[9], work[10], work[11], work[12], work[13]  # (q/cmax)**alpha,
+    # (1-q/cmax)**alpha, relative changes of q and cmax - q, n*
     k = cmax / nmax**beta
     # (1 + r)**alpha = sum_k b_k r**k, |r| <= _SERIES_MAX: the update of xa and oa
     b1 = alpha
@@ -485,6 +461,17 @@ def _correct_block(buf, nlanes, alpha, cmax, beta, nmax, zero_tol, work):  # noq
     b6 = b5 * (alpha - 5.0) / 6.0
     b7 = b6 * (alpha - 6.0) / 7.0
     b8 = b7 * (alpha - 7.0) / 8.0
+    # n* = c**(1/(1-beta)) = k**(1/(1-beta)) (1 - q/cmax)**gamma: the same update, exponent gamma
+    gamma = alpha / (1.0 - beta)
+    log_nstar0 = (math.log(cmax) - beta * math.log(nmax)) / (1.0 - beta)
+    g1 = gamma
+    g2 = g1 * (gamma - 1.0) / 2.0
+    g3 = g2 * (gamma - 2.0) / 3.0
+    g4 = g3 * (gamma - 3.0) / 4.0
+    g5 = g4 * (gamma - 4.0) / 5.0
+    g6 = g5 * (gamma - 5.0) / 6.0
+    g7 = g6 * (gamma - 6.0) / 7.0
+    g8 = g7 * (gamma - 7.0) / 8.0
     unconverged = 0
     for lane in range(nlanes):
         q[lane] = 0.0
@@ -499,18 +486,22 @@ def _correct_block(buf, nlanes, alpha, cmax, beta, nmax, zero_tol, work):  # noq
                 rc = dc[lane]
                 oa[lane] *= 1.0 + rc * (b1 + rc * (b2 + rc * (b3 + rc * (b4 + rc * (
                     b5 + rc * (b6 + rc * (b7 + rc * b8)))))))
+                ns[lane] *= 1.0 + rc * (g1 + rc * (g2 + rc * (g3 + rc * (g4 + rc * (
+                    g5 + rc * (g6 + rc * (g7 + rc * g8)))))))
         else:
             for lane in range(nlanes):
                 x = q[lane] * inv_cmax
                 xa[lane] = _exp(alpha * _log(x))
-                oa[lane] = _exp(alpha * _log(max(1.0 - x, 0.0)))
+                log_omx = _log(max(1.0 - x, 0.0))
+                oa[lane] = _exp(alpha * log_omx)
+                ns[lane] = _exp(log_nstar0 + gamma * log_omx)
         for lane in range(nlanes):
             ql = q[lane]
             fl = min(cmax * xa[lane], ql) if ql > 0.0 else 0.0
             cl = k * oa[lane] if ql < cmax else 0.0
             tl = buf[j, lane] - fl
             # Halley start: last pixel's fill, not below n* = c**(1/(1-beta)) (safe there)
-            nstar = _exp_rough(_log_rough(max(cl, 1e-300)) * inv_1mb)
+            nstar = ns[lane] if ql < cmax else 0.0
             n[lane] = max(max(tl, zero_tol) + w[lane], nstar)
             flush[lane] = fl
             c[lane] = cl
