@@ -33,8 +33,9 @@ with row groups of ~20 000 rows (each a compact patch of sky, since rows are sor
 density. Real Gaia DR3 HATS stores (orders 2–6, mixed) are read as they are: their partitions
 are larger, so the row-group statistics on ``_healpix_29`` do the work when the leaves have
 several row groups; a leaf of one row group is decoded whole once per :class:`RefCatalog` and
-then served from the cache (when it fits in ``cache_mb``). With Gaia's 152 columns, pass ``columns=`` to :meth:`RefCatalog.cone`
-(only those column chunks are fetched and cached). A margin catalogue is not needed for cones.
+then served from the cache (when it fits in ``cache_mb``). With Gaia's 152 columns, pass
+``columns=`` to :meth:`RefCatalog.cone` (only those column chunks are fetched and cached). A
+margin catalogue is not needed for cones.
 """
 
 from __future__ import annotations
