@@ -131,12 +131,15 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
     for name, (wall, cpu) in rows.items():
         print(f"  {name:<42}{wall:8.3f}{cpu:8.3f}")
-    pocket_numpy = rows["correct_quadrant numpy, pocket on"][0] - rows[
-        "correct_quadrant numpy, pocket off"][0]  # fmt: skip
-    pocket_numba = rows["correct_quadrant numba, pocket on"][0] - rows[
-        "correct_quadrant numba, pocket off"][0]  # fmt: skip
-    print(f"  pocket share of correct_quadrant: numpy {pocket_numpy:.3f} s, fused numba "
-          f"{pocket_numba:.3f} s (target <= {TARGET_FRACTION * TARGET_TOTAL_S:.3f} s)")
+    share = {
+        (engine, i): rows[f"correct_quadrant {engine}, pocket on"][i]
+        - rows[f"correct_quadrant {engine}, pocket off"][i]
+        for engine in ("numpy", "numba") for i in (0, 1)
+    }  # fmt: skip
+    pocket_numpy, pocket_numba = share[("numpy", 0)], share[("numba", 0)]
+    print(f"  pocket share of correct_quadrant (wall | CPU): numpy {share[('numpy', 0)]:.3f} | "
+          f"{share[('numpy', 1)]:.3f} s, fused numba {share[('numba', 0)]:.3f} | "
+          f"{share[('numba', 1)]:.3f} s (target <= {TARGET_FRACTION * TARGET_TOTAL_S:.3f} s)")
     print("agreement:")
     for name, values in agree.items():
         print(f"  {name}: {values}")
@@ -148,6 +151,8 @@ def main() -> None:
         "seconds_best_wall_cpu": {k: [round(w, 4), round(c, 4)] for k, (w, c) in rows.items()},
         "pocket_in_correct_quadrant_s": {"numpy": round(pocket_numpy, 4),
                                          "numba": round(pocket_numba, 4)},
+        "pocket_in_correct_quadrant_cpu_s": {"numpy": round(share[("numpy", 1)], 4),
+                                             "numba": round(share[("numba", 1)], 4)},
         "target_s": TARGET_FRACTION * TARGET_TOTAL_S,
         "agreement": agree,
         "load_average_1min": os.getloadavg()[0],

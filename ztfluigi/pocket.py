@@ -25,7 +25,8 @@ are expected overscan-subtracted and NL-corrected (the overscan columns too), in
 The effect is active (simulated / corrected) only for UT dates ≥ :data:`POCKET_START`, as in
 ztfin2p3. :func:`apply` and :func:`correct` are numpy (the reference of this module); for a
 (3080, 3102) frame they take ≈ 0.2 s and ≈ 0.5 s on one core. :func:`correct_compiled` is the
-same inversion compiled with numba (``bench/bench_pocket.py``: ≈ 3× faster), equal to
+same inversion compiled with numba (``bench/bench_pocket.py``, CCD 6: 0.17 vs 0.61 CPU-s on a
+loaded machine, ×3.5), equal to
 :func:`correct` to ≤ 1 float32 ulp (identical in practice; below 1e-3 DN the two differ by
 < 1e-12 DN absolute). :func:`ztfluigi.corrections.correct_quadrant` runs the compiled kernel
 inside its fused overscan + non-linearity pass.
