@@ -99,3 +99,51 @@ def test_headers_built_once_and_unchanged():
     shared = [k for k in mask_header if k in fresh and not k.startswith("BIT") and k != "COMMENT"]
     assert "CRVAL1" in shared and len(shared) > 20
     assert all(mask_header[k] == fresh[k] for k in shared)
+
+
+def test_mask_equals_reference_with_fringes():
+    """zi science with ``[sim] fringes`` on: the sky the stars are added to carries fringes."""
+    archive = SimArchive(SimConfig(seed=0, scale=8, fringes=True))
+    exps = {k: e for k, e in archive.exposures(DATE).items() if e.imgtype == "object"}
+    saturated = 0
+    for ffd, ccdid, qid in SCALE8_QUADRANTS[:3]:
+        exp = dataclasses.replace(exps[ffd], filtercode="zi")
+        ref = ipac.mask_reference(archive.config, DATE, exp, ccdid, qid)
+        np.testing.assert_array_equal(ipac.mask(archive.config, DATE, exp, ccdid, qid), ref)
+        saturated += int(np.count_nonzero(ref & SATURATED))
+    assert saturated > 0
+
+
+def test_saturated_pixels_follow_the_fringes():
+    """With a saturation level put inside the sky's range, which pixels saturate depends on
+    the fringe pattern: the fast path still equals the definition on the full image."""
+    from ztfluigi import camera
+    from ztfluigi.sim import detector, rawfile, sky
+
+    cfg = SimConfig(seed=0, scale=8, fringes=True)
+    archive = SimArchive(cfg)
+    exp = dataclasses.replace(archive.exposures(DATE)[SCALE8_QUADRANTS[0][0]], filtercode="zi")
+    ccdid, qid = SCALE8_QUADRANTS[0][1:]
+    shape = camera.quadrant_shape(cfg.scale)
+    cond = rawfile.conditions(exp)
+    stars = sky.quadrant_stars(cfg.seed, exp, ccdid, qid, shape, cond.airmass)
+    sky_e = sky.sky_electrons(exp, cond.airmass, cond.moon_illumination)
+    bias = detector.bias_structure(cfg.seed, ccdid, qid, shape)
+    amp0 = detector.amplifier(cfg.seed, ccdid, qid, DATE)
+
+    def definition(config: SimConfig, amp: detector.Amplifier) -> set:
+        level = rawfile.expected_electrons(config, exp, ccdid, qid, shape) / amp.gain + bias
+        return set(zip(*np.nonzero(level + amp.pedestal + 5.0 >= amp.saturation), strict=True))
+
+    electrons = rawfile.expected_electrons(cfg, exp, ccdid, qid, shape)
+    # gain 1 and a pedestal putting the ADC limit at the median level: half the pixels saturate,
+    # and the fringes (±40 e⁻) decide for many of them
+    pedestal = detector.ADC_MAX - 5.0 - float(np.median(electrons + bias))
+    amp = dataclasses.replace(amp0, gain=1.0, pedestal=pedestal)
+    assert amp.saturation == detector.ADC_MAX
+    want = definition(cfg, amp)
+    assert 0.1 < len(want) / (shape[0] * shape[1]) < 0.9
+    assert want != definition(dataclasses.replace(cfg, fringes=False), amp)
+    got = ipac.saturated_pixels(cfg, exp, ccdid, qid, amp, stars, sky_e, cond.fwhm_pix,
+                                cond.airmass)  # fmt: skip
+    assert set(zip(*got, strict=True)) == want

@@ -13,7 +13,7 @@ import numpy as np
 from astropy.io import fits
 
 from ztfluigi import camera, naming
-from ztfluigi.sim import astrometry, detector, headers, psf, rawfile, sky
+from ztfluigi.sim import astrometry, detector, fringes, headers, psf, rawfile, sky
 from ztfluigi.sim.schedule import Exposure, SimConfig
 
 BIT = {"sexsources": 1, "lowresponsivity": 2, "noisy": 4, "spikes": 7, "saturated": 8,
@@ -91,7 +91,9 @@ def mask(cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: int) -> 
     stars = sky.quadrant_stars(cfg.seed, exp, ccdid, qid, shape, cond.airmass)
     sky_e = sky.sky_electrons(exp, cond.airmass, cond.moon_illumination)
     out = np.zeros(shape, np.int16)
-    rows, cols = saturated_pixels(cfg, exp, ccdid, qid, amp, stars, sky_e, cond.fwhm_pix)
+    rows, cols = saturated_pixels(
+        cfg, exp, ccdid, qid, amp, stars, sky_e, cond.fwhm_pix, cond.airmass
+    )
     out[rows, cols] |= 1 << BIT["saturated"]
     _defect_and_source_bits(out, cfg, exp, ccdid, qid, stars, sky_e, cond.fwhm_pix)
     return out
@@ -127,21 +129,29 @@ def saturated_pixels(
     stars: sky.QuadrantStars,
     sky_e: float,
     fwhm_pix: float,
+    airmass: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) where the noise-free science image reaches saturation (raw orientation).
 
     Same test and same float32 arithmetic as :func:`mask_reference`, evaluated only where it
     can be true. The window is cut into square cells wider than the largest stamp, so a star
     reaches only the 3×3 cells around its own. A cell is a candidate when an upper bound of its
-    electrons, (sky + peak pixel fraction × Σ counts of the stars of its 3×3 cells) × max
-    response (× 1.0001, + 1 ADU of margin), could reach saturation; only the stars near
-    candidate cells are rendered (:func:`ztfluigi.sim.psf.render`, in their original order, so
-    each pixel sums the same float32 terms in the same order as the full render).
+    electrons, (max of sky [+ fringes] + peak pixel fraction × Σ counts of the stars of its 3×3
+    cells) × max response (× 1.0001, + 1 ADU of margin), could reach saturation; only the stars
+    near candidate cells are rendered (:func:`ztfluigi.sim.psf.render`, in their original
+    order, on the same sky [+ fringe] image, so each pixel sums the same float32 terms in the
+    same order as :func:`ztfluigi.sim.rawfile.expected_electrons`).
     """
     shape = camera.quadrant_shape(cfg.scale)
-    if stars.x.size == 0:
-        return np.zeros(0, np.intp), np.zeros(0, np.intp)
-    cell = max(32, int(psf.stamp_radius(stars.electrons).max()) + 1)  # pixels
+    # The image the stars are added to, as rawfile.expected_electrons builds it.
+    light = np.full(shape, sky_e, np.float32)
+    base_max: float | np.ndarray = sky_e
+    cell = 32
+    if stars.x.size:
+        cell = max(cell, int(psf.stamp_radius(stars.electrons).max()) + 1)  # pixels
+    if fringes.applies(cfg, exp):
+        light += fringes.fringe_electrons(cfg, exp, ccdid, qid, shape, airmass)
+        base_max = _cell_max(light, cell)
     pad = 2 + int(np.ceil(sky.STAR_MARGIN_PIX / cell))  # cells of stars outside the window
     ncy, ncx = -(-shape[0] // cell), -(-shape[1] // cell)
     # Stamps are centred on the rounded star position (psf._render_chunk).
@@ -157,7 +167,7 @@ def saturated_pixels(
     response_max, bias_max = _cell_maxima(cfg.seed, ccdid, qid, shape, cell)
     alpha = psf.moffat_alpha(fwhm_pix)
     peak = (psf.BETA - 1.0) / (np.pi * alpha**2)  # largest flux fraction of one pixel
-    bound_e = (sky_e + peak * near) * response_max * 1.0001 + 1.0
+    bound_e = (base_max + peak * near) * response_max * 1.0001 + 1.0
     bound_level = bound_e / amp.gain + bias_max + amp.pedestal + 5.0 + 1.0
     candidate = bound_level >= amp.saturation
     if not candidate.any():
@@ -166,7 +176,6 @@ def saturated_pixels(
     reach[pad : pad + ncy, pad : pad + ncx] = candidate
     reach = _box3(reach.astype(np.float64)) > 0
     chosen = np.flatnonzero(reach[cy, cx])
-    light = np.full(shape, sky_e, np.float32)
     psf.render(light, stars.x[chosen], stars.y[chosen], stars.electrons[chosen], fwhm_pix)
     rows_out, cols_out = [], []
     for i, j in zip(*np.nonzero(candidate), strict=True):
