@@ -89,7 +89,7 @@ def run_one(strategy: str, days: int, fields: int, window: int, workers: int) ->
         entry = DynamicWindows(start=START, stop=stop, region="", filtercode="zr", window=window)
     else:
         entry = ApertureCatalogCampaign(start=START, stop=stop, region="", filtercode="zr",
-                                        window=window, workers=workers)  # fmt: skip
+                                        window=window, window_workers=workers)  # fmt: skip
     outer_workers = workers if strategy != "campaign" else 1
     t0 = time.perf_counter()
     result = luigi.build([entry], local_scheduler=True, workers=outer_workers,

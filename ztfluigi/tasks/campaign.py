@@ -30,6 +30,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 
 import luigi
+import luigi.interface
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -230,6 +231,21 @@ class CampaignError(RuntimeError):
     """Some nights of a campaign failed; the others were built."""
 
 
+def _release_inherited_fork_lock() -> None:
+    """Let a nested build fork its task processes from a task process.
+
+    A multi-process Luigi worker forks each task process while holding ``luigi.worker.fork_lock``,
+    so the child starts with that lock held by nobody it knows; a build inside it that forks in
+    turn (``workers`` > 1) would wait on it forever.
+    """
+    import multiprocessing
+
+    from luigi import worker
+
+    if multiprocessing.parent_process() is not None and worker.fork_lock.locked():
+        worker.fork_lock.release()
+
+
 def _windows(items: list[dt.date], size: int) -> Iterator[list[dt.date]]:
     for i in range(0, len(items), max(size, 1)):
         yield items[i : i + size]
@@ -239,8 +255,8 @@ class ApertureCatalogCampaign(progress.OneLineFailures, luigi.Task):
     """Every aperture catalogue of a sky region, nights ``start``..``stop`` (included), a filter.
 
     Complete exactly when every selected catalogue exists. Runs the incomplete nights in windows
-    of ``window`` nights, one Luigi build at a time (``workers`` processes each), so a scheduler
-    never holds more than a window's tasks.
+    of ``window`` nights, one Luigi build at a time (``window_workers`` processes each, by default
+    as many as luigi's ``--workers``), so a scheduler never holds more than a window's tasks.
     """
 
     start = NightParameter(description="first UT night (YYYY-MM-DD)")
@@ -249,8 +265,10 @@ class ApertureCatalogCampaign(progress.OneLineFailures, luigi.Task):
     filtercode = FilterParameter(default="", allow_all=True)
     window = luigi.IntParameter(default=7, significant=False,
                                 description="nights per scheduling window")  # fmt: skip
-    workers = luigi.IntParameter(default=1, significant=False,
-                                 description="worker processes of each window's build")  # fmt: skip
+    window_workers = luigi.IntParameter(
+        default=0, significant=False,
+        description="worker processes of each window's build (0: as luigi's --workers)",
+    )  # fmt: skip
 
     def nights(self) -> list[dt.date]:
         """The campaign's UT nights."""
@@ -305,10 +323,12 @@ class ApertureCatalogCampaign(progress.OneLineFailures, luigi.Task):
         windows = list(_windows(todo, self.window))
         failed: list[str] = []
         kwargs = self._build_kwargs()
+        workers = self.window_workers or luigi.interface.core().workers
+        _release_inherited_fork_lock()
         for i, window in enumerate(windows):
             self._report(i, len(windows), window, state, len(failed))
             tasks = [self.night_task(d) for d in window]
-            result = luigi.build(tasks, workers=self.workers, detailed_summary=True,
+            result = luigi.build(tasks, workers=workers, detailed_summary=True,
                                  log_level="WARNING", **kwargs)  # fmt: skip
             if result.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY"):
                 failed.append(f"{window[0]}..{window[-1]}: {result.one_line_summary}")
