@@ -13,7 +13,8 @@ the same catalogues, each in its own process (peak RSS is per process):
 Reported per run: scheduler tasks held at peak (the largest scheduler's task count; tasks are
 never pruned while their worker lives), the pickled scheduler state at peak (what luigid keeps
 and dumps), the JSON of the scheduler's task list at peak (what the visualiser loads), wall time,
-quadrants, overhead per quadrant, process peak RSS.
+quadrants, overhead per quadrant (wall, and CPU of the process and its children: on a shared
+machine the CPU figure is the steadier one), process peak RSS.
 
     python bench/bench_campaign.py --fields 20 --spans 7,30,91
 """
@@ -104,6 +105,9 @@ def run_one(strategy: str, days: int, fields: int, window: int, workers: int) ->
     t0 = time.perf_counter()
     complete = entry.complete()
     t_check = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
     return {
         "strategy": strategy, "nights": days, "fields_per_night": fields, "window": window,
         "status": result.status.name, "complete": complete, "quadrants": quadrants,
@@ -111,6 +115,7 @@ def run_one(strategy: str, days: int, fields: int, window: int, workers: int) ->
         "peak_state_pickle_mb": round(state_bytes / 1e6, 2),
         "peak_task_list_json_mb": round(page_bytes / 1e6, 2),
         "wall_s": round(wall, 1), "overhead_ms_per_quadrant": round(1000 * wall / quadrants, 2),
+        "cpu_s": round(cpu, 1), "cpu_ms_per_quadrant": round(1000 * cpu / quadrants, 2),
         "complete_check_s": round(t_check, 2),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }  # fmt: skip
