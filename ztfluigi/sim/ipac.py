@@ -136,8 +136,9 @@ def saturated_pixels(
     Same test and same float32 arithmetic as :func:`mask_reference`, evaluated only where it
     can be true. The window is cut into square cells wider than the largest stamp, so a star
     reaches only the 3×3 cells around its own. A cell is a candidate when an upper bound of its
-    electrons, (max of sky [+ fringes] + peak pixel fraction × Σ counts of the stars of its 3×3
-    cells) × max response (× 1.0001, + 1 ADU of margin), could reach saturation; only the stars
+    electrons, (max of sky [+ fringes] + Σ over the stars of its 3×3 cells of the Moffat profile
+    at their closest approach to the cell × counts) × max response (× 1.0001, + 1 ADU of
+    margin), could reach saturation; only the stars
     near candidate cells are rendered (:func:`ztfluigi.sim.psf.render`, in their original
     order, on the same sky [+ fringe] image, so each pixel sums the same float32 terms in the
     same order as :func:`ztfluigi.sim.rawfile.expected_electrons`).
@@ -159,20 +160,32 @@ def saturated_pixels(
     y0 = np.floor(stars.y + 0.5).astype(np.int64)
     cy = np.clip(y0 // cell + pad, 0, ncy + 2 * pad - 1)
     cx = np.clip(x0 // cell + pad, 0, ncx + 2 * pad - 1)
-    counts = np.zeros((ncy + 2 * pad, ncx + 2 * pad))
-    np.add.at(counts, (cy, cx), stars.electrons)
-    near = _box3(counts)[pad : pad + ncy, pad : pad + ncx]  # Σ counts that can reach a cell
+    alpha = psf.moffat_alpha(fwhm_pix)
+    peak = (psf.BETA - 1.0) / (np.pi * alpha**2)  # largest flux fraction of one pixel
+    # Σ over stars of the most each can put in one pixel of a cell: its profile at the
+    # smallest distance between the star and the cell's sub-pixel samples (≤ √2/3 pixel
+    # from pixel centres), zero beyond the 3×3 cells around its own.
+    reached = np.zeros((ncy + 2 * pad, ncx + 2 * pad))
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            ty, tx = cy + dy, cx + dx  # target cell (padded indices)
+            lo_y, lo_x = (ty - pad) * cell, (tx - pad) * cell  # first pixel centre of the cell
+            gap_y = np.maximum(np.maximum(lo_y - stars.y, stars.y - (lo_y + cell - 1)), 0.0)
+            gap_x = np.maximum(np.maximum(lo_x - stars.x, stars.x - (lo_x + cell - 1)), 0.0)
+            gap = np.maximum(np.hypot(gap_x, gap_y) - np.sqrt(2.0) / 3.0, 0.0)
+            most = stars.electrons * peak * (1.0 + (gap / alpha) ** 2) ** (-psf.BETA)
+            ok = (ty >= 0) & (ty < ncy + 2 * pad) & (tx >= 0) & (tx < ncx + 2 * pad)
+            np.add.at(reached, (ty[ok], tx[ok]), most[ok])
+    near = reached[pad : pad + ncy, pad : pad + ncx]
     response = detector.sky_response(cfg.seed, ccdid, qid, shape)
     bias = detector.bias_structure(cfg.seed, ccdid, qid, shape)
     response_max, bias_max = _cell_maxima(cfg.seed, ccdid, qid, shape, cell)
-    alpha = psf.moffat_alpha(fwhm_pix)
-    peak = (psf.BETA - 1.0) / (np.pi * alpha**2)  # largest flux fraction of one pixel
-    bound_e = (base_max + peak * near) * response_max * 1.0001 + 1.0
+    bound_e = (base_max + near) * response_max * 1.0001 + 1.0
     bound_level = bound_e / amp.gain + bias_max + amp.pedestal + 5.0 + 1.0
     candidate = bound_level >= amp.saturation
     if not candidate.any():
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
-    reach = np.zeros_like(counts, dtype=bool)
+    reach = np.zeros_like(reached, dtype=bool)
     reach[pad : pad + ncy, pad : pad + ncx] = candidate
     reach = _box3(reach.astype(np.float64)) > 0
     chosen = np.flatnonzero(reach[cy, cx])
