@@ -96,6 +96,10 @@ def test_gain_error_found_at_its_quadrant_only(fitted):
     # ... and nowhere else: elsewhere only the gauge's share of that one bump (mean, gradients
     # and, at scale 8, the East/West and North/South halves of the CCDs).
     assert np.all(np.abs(excess - expected) < 4 * err)
+    # The jump from a smooth focal plane (the gain column) singles it out without any truth.
+    jump = gains["jump"] / gains["jump_err"]
+    print("jump pull", np.round(jump, 1))
+    assert np.argmax(np.abs(jump)) == at and jump[at] > 10
 
 
 def test_quadrant_normalisation_brings_back_the_amplifier_gains(fitted):
@@ -108,6 +112,7 @@ def test_quadrant_normalisation_brings_back_the_amplifier_gains(fitted):
     fitted_gain = np.array(quads["gain_rel_quadnorm"])
     # Per-quadrant flats lose each amplifier's gain; the starflat finds it (× the quadrant's
     # illumination, nearly the same for these central CCDs).
+    print("corr", np.corrcoef(fitted_gain, gain)[0, 1])
     assert np.corrcoef(fitted_gain, gain)[0, 1] > 0.9
     assert np.std(np.array(quads["gain_rel"])) < 0.5 * np.std(fitted_gain)
     assert set(tables) == {"cells", "quadrants", "exposures", "terms", "stars", "stats"}

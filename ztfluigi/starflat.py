@@ -703,15 +703,23 @@ def quadrant_normalised(
     return out - np.nanmean(out)
 
 
-def quadrant_gains(
-    result: StarflatResult, dzp: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """Per quadrant: inverse-variance mean δZP of its cells, its error, and the relative gain.
+GAIN_SMOOTH_DEGREE = 3
+"""Degree of the smooth focal-plane polynomial (ξ, η) that :func:`quadrant_gains` removes."""
 
-    ``gain_rel = 10^(0.4 (⟨δZP⟩_q − mean_q ⟨δZP⟩_q))``: the relative e⁻/DN scale of the quadrant
-    that the starflat measures (a quadrant whose stars come out 1 % fainter has a 1 % larger
-    gain than its flat assumed). Errors from the cells' full covariance. ``dzp`` defaults to
-    the fitted (focal-plane normalised) values; pass :func:`quadrant_normalised` for the other.
+
+def quadrant_gains(
+    result: StarflatResult, dzp: np.ndarray | None = None, degree: int = GAIN_SMOOTH_DEGREE
+) -> dict[str, np.ndarray]:
+    """Per quadrant: mean δZP of its cells, its jump from a smooth focal plane, the gain.
+
+    ``dzp_mean``: inverse-variance mean of the quadrant's cells minus the mean over quadrants;
+    ``jump``: ``dzp_mean`` minus a weighted polynomial of ``degree`` (lowered until there are
+    four quadrants per term) in the quadrant centres (ξ, η) fitted to all quadrants — what is discontinuous at the amplifier, as a gain is, rather
+    than the smooth illumination; ``gain_rel = 10^(0.4 jump)``: the relative e⁻/DN scale of the
+    amplifier that the starflat measures (a quadrant whose stars come out 1 % fainter than its
+    surroundings has a 1 % larger gain than its flat assumed). Errors from the cells' full
+    covariance. ``dzp`` defaults to the fitted (focal-plane normalised) values; pass
+    :func:`quadrant_normalised` for the per-quadrant normalisation.
     """
     values = result.dzp if dzp is None else dzp
     rc = 4 * (result.cell_ccdid - 1) + (result.cell_qid - 1)
@@ -723,11 +731,33 @@ def quadrant_gains(
         weights[i, sel] = wq / wq.sum()
     centre = np.eye(quads.size) - 1.0 / quads.size  # subtract the mean over quadrants
     transform = centre @ weights
-    mean = transform @ values
-    err = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", transform, result.cov_cells, transform), 0,
-                          None))  # fmt: skip
-    return {"ccdid": quads // 4 + 1, "qid": quads % 4 + 1, "dzp_mean": mean, "dzp_mean_err": err,
-            "gain_rel": 10 ** (0.4 * mean)}  # fmt: skip
+    cov_q = transform @ result.cov_cells @ transform.T
+    lay = camera.focal_plane_layout()
+    xi = np.array([lay[camera.ccdid_qid(int(q))].xi_center for q in quads])
+    eta = np.array([lay[camera.ccdid_qid(int(q))].eta_center for q in quads])
+    while degree > 0 and (degree + 1) * (degree + 2) // 2 > quads.size // 4:
+        degree -= 1  # at least four quadrants per term of the smooth surface
+    terms = [xi**i * eta**j / 3.6 ** (i + j) for i in range(degree + 1)
+             for j in range(degree + 1 - i)]  # fmt: skip
+    design = np.column_stack(terms)
+    w = 1.0 / np.clip(np.diag(cov_q), 1e-18, None)
+    if design.shape[1] < quads.size:
+        hat = design @ np.linalg.pinv(design * w[:, None]) * w[None, :]
+    else:  # too few quadrants for a smooth surface: no jump can be told from it
+        hat = np.eye(quads.size)
+    jump_t = (np.eye(quads.size) - hat) @ transform
+    finite = np.isfinite(values)
+    vals = np.where(finite, values, 0.0)
+    mean, jump = transform @ vals, jump_t @ vals
+    bad = ~(np.abs(transform) @ finite.astype(float) >= np.abs(transform).sum(axis=1) - 1e-12)
+    mean[bad] = jump[bad] = np.nan
+
+    def errors(t: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.clip(np.einsum("ij,jk,ik->i", t, result.cov_cells, t), 0, None))
+
+    return {"ccdid": quads // 4 + 1, "qid": quads % 4 + 1, "dzp_mean": mean,
+            "dzp_mean_err": errors(transform), "jump": jump, "jump_err": errors(jump_t),
+            "gain_rel": 10 ** (0.4 * jump)}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------
@@ -754,6 +784,7 @@ def result_tables(
     quads = {"ccdid": pa.array(gains_fp["ccdid"], pa.int8()),
              "qid": pa.array(gains_fp["qid"], pa.int8()),
              "dzp_mean": gains_fp["dzp_mean"], "dzp_mean_err": gains_fp["dzp_mean_err"],
+             "jump": gains_fp["jump"], "jump_err": gains_fp["jump_err"],
              "gain_rel": gains_fp["gain_rel"]}  # fmt: skip
     if levels is not None:
         qn = quadrant_normalised(result, levels)
@@ -762,6 +793,7 @@ def result_tables(
         quads["flat_level"] = [levels.get((int(c), int(q)), np.nan) for c, q in
                                zip(gains_qn["ccdid"], gains_qn["qid"], strict=True)]  # fmt: skip
         quads["dzp_mean_quadnorm"] = gains_qn["dzp_mean"]
+        quads["jump_quadnorm"] = gains_qn["jump"]
         quads["gain_rel_quadnorm"] = gains_qn["gain_rel"]
     exposures = {
         "filefracday": result.exposures, "mjd": result.exposure_mjd,
@@ -800,8 +832,10 @@ TABLE_COLUMNS = {
     "centre), dzp (mag, focal-plane normalisation), dzp_err, n_meas, n_stars, "
     "dzp_quadnorm (mag, per-quadrant normalisation)",
     "quadrants": "ccdid, qid, dzp_mean (inverse-variance mean of the cells minus the mean over "
-    "quadrants, mag), dzp_mean_err, gain_rel (10^(0.4 dzp_mean)), flat_level (quadrant median "
-    "of the de-normalised flat / FLTNORM_FP), dzp_mean_quadnorm, gain_rel_quadnorm",
+    "quadrants, mag), dzp_mean_err, jump (dzp_mean minus a smooth cubic in the quadrant centres, "
+    "mag), jump_err, gain_rel (10^(0.4 jump)), flat_level (quadrant median of the de-normalised "
+    "flat / FLTNORM_FP), dzp_mean_quadnorm, jump_quadnorm, gain_rel_quadnorm (per-quadrant "
+    "normalisation)",
     "exposures": "filefracday, mjd, zp (mag, gauge: sum 0), zp_err, n_meas",
     "terms": "term (dk_ccdNN colour terms, k extinction), value, error, unit",
     "stars": "source_id, mag (m_s: instrumental magnitude at the gauge), mag_err (statistical), "

@@ -154,7 +154,7 @@ def write_products(
         storage.write_bytes(out[name], buf.getvalue())
     quads = products["quadrants"].to_pydict()
     gain = np.array(quads["gain_rel_quadnorm"], dtype=float)
-    err = gain * 0.4 * np.log(10) * np.array(quads["dzp_mean_err"])
+    err = gain * 0.4 * np.log(10) * np.array(quads["jump_err"])
     buf = io.BytesIO()
     plots.focal_plane_quadrants(
         np.array(quads["ccdid"]), np.array(quads["qid"]), gain, err,
