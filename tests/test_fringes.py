@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from tests.helpers import build, luigi_settings
-from ztfluigi import camera, fringes, science
+from ztfluigi import camera, fringes, science, storage
 from ztfluigi.corrections import correct_quadrant
 from ztfluigi.sim import detector, ipac, rawfile, truth
 from ztfluigi.sim import fringes as simfringes
 from ztfluigi.sim.schedule import SimConfig, night_log
-from ztfluigi.tasks.fringe import FringeModel, fringe_relpath, period_start
+from ztfluigi.tasks.fringe import FringeModel, fringe_relpath, load_fringe_model, period_start
 
 START = dt.date(2019, 3, 1)
 NIGHTS = 12  #: × N_FIELDS zi exposures per night = 60 training quadrants (the default period's)
@@ -194,3 +196,27 @@ def test_task_fails_with_a_named_reason_when_too_few_exposures(luigi_store, capl
     assert "TooFewExposures" in caplog.text
     assert f"nights {start - dt.timedelta(days=2)}..{start + dt.timedelta(days=1)}" in caplog.text
     assert f"4 usable zi exposures, at least {fringes.MIN_EXPOSURES} needed" in caplog.text
+
+
+@pytest.mark.slow  # the calibrations of a night (16 CCD zi flats for the focal-plane level)
+def test_task_builds_the_model_and_rebuilds_it_identically(tmp_path):
+    """One night with 18 zi exposures (MIN_EXPOSURES) and a 1-night period: the product holds
+    the four quadrants' modes with provenance; deleted, it is rebuilt byte for byte."""
+    with luigi_settings({
+        "ztfluigi": {"root": str(tmp_path / "store"), "archive": "sim"},
+        "sim": {"seed": "0", "scale": "16", "n_fields": str(fringes.MIN_EXPOSURES),
+                "fringes": "true"},
+    }):  # fmt: skip
+        task = FringeModel(date=dt.date(2019, 3, 31), ccdid=5, window=1, max_widen=0)
+        assert build(task).scheduling_succeeded and task.complete()
+        first = storage.read_bytes(task.output().path)
+        model = load_fringe_model(task.output())
+        assert sorted(model.quadrants) == [1, 2, 3, 4] and model.start == model.end
+        for qm in model.quadrants.values():
+            assert 1 <= qm.modes.shape[0] <= fringes.DEFAULT_K
+            assert len(qm.inputs) == fringes.MIN_EXPOSURES and qm.explained[0] > 0.5
+        header = fits.getheader(io.BytesIO(first), 0)
+        assert header["IMGTYPE"] == "fringe" and header["FRNGWIN"] == 1
+        task.output().remove()
+        assert build(task).scheduling_succeeded
+        assert storage.read_bytes(task.output().path) == first

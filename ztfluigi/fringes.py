@@ -50,7 +50,7 @@ MAP_BIN = 2  #: training maps and modes are sampled every MAP_BIN pixels (after 
 EM_ITERATIONS = 2  #: passes filling masked pixels with the low-rank reconstruction
 DEFAULT_K = 6  #: most modes per quadrant (fringez's 6); fewer are kept if not above the noise
 NOISE_FACTOR = 2.0  #: a mode's eigenvalue must exceed this × the noise edge (see _select)
-MIN_SHARED = 3.0  #: a mode must be carried by this many exposures at least (1 / Σ v⁴)
+MIN_SHARED = 3  #: a mode must stand above the noise in all but its MIN_SHARED − 1 strongest maps
 MIN_EXPOSURES = 18  #: fewest training maps per quadrant (3 × DEFAULT_K)
 MIN_VALID_FRACTION = 0.5  #: maps with fewer usable pixels are left out
 MAX_EXPOSURES = 60  #: at most this many maps (evenly spread in time) are held in memory
@@ -212,18 +212,19 @@ def _select(evals: np.ndarray, evecs: np.ndarray, k: int, npix_full: int) -> np.
     A fringe component stands above the noise: its eigenvalue exceeds :data:`NOISE_FACTOR` × the
     upper edge of the noise eigenvalues, the median eigenvalue below rank ``k`` times the
     Marchenko–Pastur factor ``(1 + √(N / P_eff))²`` (P_eff: independent pixels after the
-    smoothing, ``npix_full / (4π σ²)``). It is also shared by exposures (effective number of
-    exposures ``1 / Σ v⁴`` ≥ :data:`MIN_SHARED`): one exposure's own structure (a bright star's
-    halo, a satellite trail) is not a fringe and is not subtracted from that exposure.
+    smoothing, ``npix_full / (4π σ²)``). It must still do so without its
+    ``MIN_SHARED − 1`` strongest exposures: structure of one or two exposures (a bright star's
+    halo, a satellite trail) is not a fringe and is not subtracted, while a fringe much brighter
+    in one exposure (an airglow burst) is kept since the others carry it too.
     """
     order = np.argsort(evals)[::-1]
     floor = float(np.median(evals[order[k:]])) if order.size > k else 0.0
     p_eff = npix_full / (4 * np.pi * SMOOTH_SIGMA_PIX**2)
-    edge = floor * (1.0 + np.sqrt(evals.size / p_eff)) ** 2
+    threshold = NOISE_FACTOR * floor * (1.0 + np.sqrt(evals.size / p_eff)) ** 2
     keep = []
     for i in order[:k]:
-        shared = 1.0 / float(np.sum(evecs[:, i] ** 4))
-        if evals[i] > NOISE_FACTOR * edge and shared >= MIN_SHARED:
+        strongest = np.sort(evecs[:, i] ** 2)[::-1][: max(int(MIN_SHARED) - 1, 0)].sum()
+        if evals[i] > threshold and evals[i] * (1.0 - strongest) > threshold:
             keep.append(i)
     return np.array(keep, int)
 

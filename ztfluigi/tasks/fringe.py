@@ -2,11 +2,12 @@
 
 Periods are fixed blocks of ``window`` nights counted from ZTF first light
 (:func:`period_start`), so every zi science night maps to exactly one model. The training
-quadrants are built exactly as the virtual science quadrants (raw file, matched master bias and
-flat, focal-plane level) but **without** fringe correction. A period with fewer than
+quadrants are built exactly as the virtual science quadrants (``tasks.science.science_quadrant``:
+raw file, matched master bias and flat, focal-plane level, IPAC mask), which must stay free of
+fringe correction (the correction is applied after it). A period with fewer than
 ``fringes.MIN_EXPOSURES`` usable zi exposures of the CCD is widened backwards by whole periods
-(past nights only, so a rebuild sees the same inputs), at most ``max_widen`` times; then the task
-fails with :class:`ztfluigi.fringes.TooFewExposures`.
+(past nights only, so a rebuild sees the same inputs), at most ``max_widen`` times; then the
+task fails with :class:`ztfluigi.fringes.TooFewExposures`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,20 @@ import datetime as dt
 from collections.abc import Iterator
 
 import luigi
-from astropy.io import fits
 
-from ztfluigi import config, fringes, raw, science, storage
+from ztfluigi import fringes, raw, science, storage
 from ztfluigi.naming import RawName
 from ztfluigi.provenance import PIPELINE, package_versions
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.calib import cal_target
 from ztfluigi.tasks.parameters import FIRST_NIGHT, CcdParameter, InvalidParameter, NightParameter
-from ztfluigi.tasks.raw import RawFile, RawIndex, night_index, raw_target, select_raw
-from ztfluigi.tasks.science import calibration_tasks, load_calibration
+from ztfluigi.tasks.raw import RawIndex, night_index, raw_target, select_raw
+from ztfluigi.tasks.science import (
+    ScienceQuadrant,
+    calibration_tasks,
+    load_calibration,
+    science_quadrant,
+)
 
 #: Default period (nights). Measured on the simulator (3 zi exposures per night and CCD):
 #: 30 training exposures leave 11 % of the fringe, 60 leave 8 % (``tests/test_fringes.py``).
@@ -44,18 +49,6 @@ def fringe_relpath(start: dt.date, ccdid: int, window: int = DEFAULT_WINDOW) -> 
         f"cal/fringe/{start:%Y}/{start:%m%d}/"
         f"ztfin2p3_{start:%Y%m%d}_{window:03d}d_zi_c{ccdid:02d}_fringe.fits"
     )
-
-
-def uncorrected_quadrant(
-    ccd: raw.RawCCD, rawname: RawName, qid: int, calibration: science.Calibration
-) -> science.ScienceQuadrant:
-    """A science quadrant's pixels and mask as the virtual build makes them, never fringe-corrected.
-
-    The IPAC header is not fetched (only the pixels and the IPAC mask train a model).
-    """
-    _, ipac_mask = config.get_archive().science_mask(rawname, qid)
-    return science.calibrated_quadrant(ccd, rawname, qid, calibration, fits.Header(), ipac_mask,
-                                       config.processing_specs().correction)  # fmt: skip
 
 
 class FringeModel(progress.OneLineFailures, luigi.Task):
@@ -114,7 +107,10 @@ class FringeModel(progress.OneLineFailures, luigi.Task):
             raise fringes.TooFewExposures(f"FringeModel CCD {self.ccdid}, nights {span}",
                                           len(rawnames), fringes.MIN_EXPOSURES)  # fmt: skip
         rawnames = fringes.select_evenly(rawnames)
-        yield [RawFile(filename=r.filename) for r in rawnames]
+        # What a science quadrant needs besides its calibration (raw file, stored IPAC inputs…).
+        sciences = [ScienceQuadrant(filename=r.filename, qid=1) for r in rawnames]
+        needs = {t for task in sciences for t in task.requires()}
+        yield sorted(needs, key=lambda t: t.task_id)
         matched = []
         for r in rawnames:
             matched.append((yield from calibration_tasks(r.date, r.ccdid, r.filtercode)))
@@ -137,7 +133,7 @@ class FringeModel(progress.OneLineFailures, luigi.Task):
                 calibrations[key] = load_calibration(match, tasks)
             ccd = raw.read_raw(storage.read_bytes(raw_target(rawname).path), rawname.filename)
             for qid in range(1, 5):
-                sci = uncorrected_quadrant(ccd, rawname, qid, calibrations[key])
+                sci = science_quadrant(ccd, rawname, qid, calibrations[key])  # uncorrected
                 maps[qid].append(fringes.fringe_map(sci.data, sci.mask, rawname.filename))
             progress.report(self, i + 1, len(rawnames), "zi quadrants mapped")
         model = fringes.FringeModel(self.ccdid, nights[0], nights[-1])
