@@ -113,6 +113,26 @@ def test_injected_pattern_scale_amplitude_and_determinism():
     assert 0.01 < np.median(peaks) < 0.06
 
 
+def test_truth_table_rebuilds_the_fringe_image():
+    """SimTruth's fringe table (mixture per exposure and quadrant) + the fixed modes + the
+    science scale give the fringe image; only fringed exposures are listed."""
+    date = dt.date(2019, 3, 31)
+    cfg = SimConfig(seed=0, scale=16, n_fields=1, fringes=True)
+    log = night_log(cfg, date)
+    table = simfringes.truth_table(cfg, log)
+    zi = science_exposures(cfg, date, "zi")
+    assert table.num_rows == 64 * len(zi)
+    assert simfringes.truth_table(dataclasses.replace(cfg, fringes=False), log).num_rows == 0
+    row = table.filter((table["ccdid"].to_numpy() == CCDID) & (table["qid"].to_numpy() == QID))
+    shape = camera.quadrant_shape(16)
+    weights = row["dark_sky_e"][0].as_py() * np.array(row["line_fractions"][0].as_py())
+    modes = simfringes.fringe_modes(cfg.seed, CCDID, QID, shape)
+    scale = truth.science_scale(cfg, date, zi[0], CCDID, QID)
+    expected = np.tensordot(weights, modes, axes=1) * scale
+    np.testing.assert_allclose(simfringes.fringe_image(cfg, date, zi[0], CCDID, QID), expected,
+                               rtol=1e-5, atol=1e-4)  # fmt: skip
+
+
 # --- model and correction -----------------------------------------------------------------------
 
 
