@@ -712,14 +712,15 @@ def quadrant_gains(
 ) -> dict[str, np.ndarray]:
     """Per quadrant: mean δZP of its cells, its jump from a smooth focal plane, the gain.
 
-    ``dzp_mean``: inverse-variance mean of the quadrant's cells minus the mean over quadrants;
+    ``dzp_mean``: inverse-variance mean of the quadrant's cells minus the mean over quadrants.
     ``jump``: ``dzp_mean`` minus a weighted polynomial of ``degree`` (lowered until there are
-    four quadrants per term) in the quadrant centres (ξ, η) fitted to all quadrants — what is
-    discontinuous at the amplifier, as a gain is, rather than the smooth illumination; ``gain_rel = 10^(0.4 jump)``: the relative e⁻/DN scale of the
-    amplifier that the starflat measures (a quadrant whose stars come out 1 % fainter than its
-    surroundings has a 1 % larger gain than its flat assumed). Errors from the cells' full
-    covariance. ``dzp`` defaults to the fitted (focal-plane normalised) values; pass
-    :func:`quadrant_normalised` for the per-quadrant normalisation.
+    four quadrants per term) in the quadrant centres (ξ, η) fitted to all quadrants: what is
+    discontinuous at the amplifier, as a gain is, rather than the smooth illumination.
+    ``gain_rel = 10^(0.4 jump)``: the relative e⁻/DN scale of the amplifier that the starflat
+    measures (a quadrant whose stars come out 1 % fainter than its surroundings has a 1 %
+    larger gain than its flat assumed). Errors from the cells' full covariance. ``dzp``
+    defaults to the fitted (focal-plane normalised) values; pass :func:`quadrant_normalised`
+    for the per-quadrant normalisation.
     """
     values = result.dzp if dzp is None else dzp
     rc = 4 * (result.cell_ccdid - 1) + (result.cell_qid - 1)
