@@ -52,6 +52,21 @@ def _configure(root: Path, fields: int) -> None:
             cfg.set(section, k, v)
 
 
+def _stub_ipac_inputs(touch) -> None:  # noqa: ANN001 - bench_scheduling's _touch
+    """The stored IPAC inputs (header tables, masks) as empty products, if this tree has them."""
+    try:
+        from ztfluigi.tasks import ipac
+    except ImportError:
+        return
+    ipac.IpacHeaders.run = lambda self: touch(self.output())
+
+    def masks(self, todo):  # noqa: ANN001, ANN202 - BranchedUnit.run_branches
+        for branch in todo:
+            touch(ipac.mask_targets(*branch)[0])
+
+    ipac.IpacMasks.run_branches = masks
+
+
 def run_one(strategy: str, days: int, fields: int, window: int, workers: int) -> dict:
     """One strategy over ``days`` nights in this process; the measured record."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -64,6 +79,7 @@ def run_one(strategy: str, days: int, fields: int, window: int, workers: int) ->
     _configure(root, fields)
     catalog.SimRefCatalog.run = lambda self: _touch(self.output())
     stub_pixel_work()
+    _stub_ipac_inputs(_touch)
 
     schedulers = []
     factory = luigi.interface._WorkerSchedulerFactory
