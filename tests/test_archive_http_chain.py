@@ -118,6 +118,8 @@ def test_catalogues_are_the_same(runs):
         meta_a = {k.decode(): v.decode() for k, v in a.schema.metadata.items()}
         meta_b = {k.decode(): v.decode() for k, v in b.schema.metadata.items()}
         assert meta_a.pop("archive") == runs.url and meta_b.pop("archive").startswith("sim(")
+        # the content digest covers the metadata, so it differs by the archive's name alone
+        assert meta_a.pop("ztfluigi.sha256") != meta_b.pop("ztfluigi.sha256")
         assert meta_a == meta_b  # same raw file, calibration files, refcat, epoch, versions
         rows += a.num_rows
     assert rows > 0
@@ -138,3 +140,46 @@ def test_what_went_over_http(runs):
     assert kinds == {"search": 1, "led": 55, "raw": 31, "sciimg": 4, "mskimg": 4}
     print(f"HTTP requests {kinds}; sim run {runs.seconds[0]:.1f} s (16 CCDs' flats), "
           f"HTTP run {runs.seconds[1]:.1f} s (one CCD)")
+
+
+def test_catalogues_rebuild_offline_from_the_stores(runs, tmp_path):
+    """Stored raw files, calibrations and IPAC headers/masks suffice: with the archive gone
+    (the fixture's server is stopped), deleted catalogues come back identical."""
+    before = {rel: pq.read_table(p) for rel, p in files(runs.http_root, "*_apcat.parquet").items()}
+    for path in files(runs.http_root, "*_apcat.parquet").values():
+        path.unlink()
+    result, _, _ = build(runs.http_root, runs.url, refcat_url_of(runs))
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    after = {rel: pq.read_table(p) for rel, p in files(runs.http_root, "*_apcat.parquet").items()}
+    assert after.keys() == before.keys()
+    assert all(after[rel].equals(before[rel]) for rel in before)
+
+
+def test_a_ztfdata_mirror_with_ipac_files_needs_no_download(runs, tmp_path):
+    """Raw files, the night index and the IPAC headers and masks in a ``$ZTFDATA``-layout
+    mirror (``raw_root``): a fresh product store is built with zero downloads."""
+    mirror, products = tmp_path / "ztfdata", tmp_path / "products"
+    for pattern in ("*.fits.fz", "*_rawindex.parquet", "*_ipacheader.parquet", "*_mskimg.fits*"):
+        for rel, path in files(runs.http_root, pattern).items():
+            (mirror / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, mirror / rel)
+    for rel, path in files(runs.sim_root, "*_l00_flat.fits").items():
+        if f"_c{CCD:02d}_" not in path.name:
+            (products / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, products / rel)
+    archive = SimArchive(SimConfig(seed=0, scale=32, n_fields=1))
+    settings = {"ztfluigi": {"root": str(products), "raw_root": str(mirror)}, "sim": SIM}
+    with IrsaServer(archive) as server, luigi_settings(settings):
+        result, _, _ = build(products, server.url, refcat_url_of(runs))
+        requests = list(server.requests)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    assert [r.path for r in requests if r.path.startswith(DATA_PREFIX)] == []
+    got = files(products, "*_apcat.parquet")
+    assert len(got) == 4
+    for rel, path in got.items():
+        assert pq.read_table(path).equals(pq.read_table(runs.http_root / rel))
+
+
+def refcat_url_of(runs) -> str:
+    """The synthetic Gaia store the first (sim) run wrote: a configured refcat for HTTP runs."""
+    return str(next(runs.sim_root.glob("refcat/*/*")))

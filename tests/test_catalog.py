@@ -119,7 +119,8 @@ def stored_products(entry):
     """Every stored product the night's entry stands for, by kind (targets)."""
     from ztfluigi.tasks.inventory import inventory
 
-    kinds = {"catalogue": [], "raw": [], "bias": [], "flat": [], "focal_plane": []}
+    kinds = {"catalogue": [], "raw": [], "bias": [], "flat": [], "focal_plane": [],
+             "ipacheader": [], "mask": []}  # fmt: skip
     for product in inventory(entry).products:
         if product.kind in kinds:
             kinds[product.kind].append(storage.get_target(product.url))
@@ -128,8 +129,9 @@ def stored_products(entry):
 
 def test_regeneration_rebuilds_exactly_the_deleted_outputs(night):
     """Delete a random subset of every stored kind (catalogues; raw science, bias and flat frames;
-    master biases and flats; the focal-plane level); the same command rebuilds exactly those,
-    identical to the first run (raw bytes and calibration pixels bit for bit, catalogues equal)."""
+    IPAC header tables and masks; master biases and flats; the focal-plane level); the same
+    command rebuilds exactly those, identical to the first run (raw and IPAC files byte for byte,
+    calibration pixels bit for bit, catalogues and header tables equal)."""
     entry, _, root = night
     kinds = stored_products(entry)
     rng = np.random.default_rng(6)
@@ -153,7 +155,7 @@ def test_regeneration_rebuilds_exactly_the_deleted_outputs(night):
     rebuilt = {p for p in after if after[p] != stamps.get(p)}
     assert rebuilt == {t.path for t in victims}
     for t in victims:
-        if t.path.endswith(".fits.fz"):
+        if t.path.endswith((".fits.fz", ".fits.gz")):
             assert storage.read_bytes(t) == before[t.path]
         elif t.path.endswith(".fits"):
             old, new = fits_hdus(before[t.path]), storage.read_fits(t)

@@ -129,3 +129,13 @@ def master_flat_relpath(date: dt.date, ccdid: int, filtercode: str) -> str:
 def focal_plane_relpath(date: dt.date, filtercode: str, suffix: str) -> str:
     """Focal-plane products of a night and filter, next to its flats (``fp_flatnorm.fits`` …)."""
     return f"cal/flat/{date:%Y}/{date:%m%d}/ztfin2p3_{date:%Y%m%d}_000000_{filtercode}_{suffix}"
+
+
+def ipacheader_relpath(date: dt.date, ccdid: int, filtercode: str) -> str:
+    """Store-relative path of a night × CCD × filter table of IPAC ``sciimg`` headers."""
+    return (f"meta/ipacheader/{date:%Y}/{date:%m%d}/"
+            f"ztf_{date:%Y%m%d}_{filtercode}_c{ccdid:02d}_ipacheader.parquet")  # fmt: skip
+
+
+#: IPAC mask file names in the order the reference reads a ``$ZTFDATA`` mirror
+MASK_SUFFIXES = ("mskimg.fits.gz", "mskimg.fits")

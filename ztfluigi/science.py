@@ -33,7 +33,7 @@ from astropy.io import fits
 from ztfluigi import camera
 from ztfluigi import provenance as prov
 from ztfluigi.calmatch import CalibrationMatch
-from ztfluigi.corrections import CorrectionSpec, correct_quadrant
+from ztfluigi.corrections import CorrectionSpec, correct_quadrant, detrend_quadrant
 from ztfluigi.naming import RawName
 from ztfluigi.raw import RawCCD
 
@@ -180,9 +180,10 @@ def _quadrant_detrend(
                 f"{name} has shape {np.shape(arr)}; a CCD of quadrants {np.shape(data)} "
                 f"is {expected}"
             )
-    _norm_factor(fltnorm, fltnorm_fp)  # fail before the (costly) corrections
+    factor = _norm_factor(fltnorm, fltnorm_fp)  # fail before the (costly) corrections
     corrected = correct_quadrant(data, overscan, ccdid, qid, date, spec)
-    return detrend(corrected, quadrant_of(bias, qid), quadrant_of(flat, qid), fltnorm, fltnorm_fp)
+    # one compiled pass, bitwise equal to detrend()
+    return detrend_quadrant(corrected, quadrant_of(bias, qid), quadrant_of(flat, qid), factor)
 
 
 def science_quadrant_data(

@@ -133,7 +133,7 @@ def _status(args: argparse.Namespace) -> int:
     if isinstance(entry, ApertureCatalogCampaign):
         missing = campaign_status(entry)
     else:
-        missing = status_table(args.task)
+        missing = status_table(args.task, verify=args.verify)
     return 1 if args.check and missing else 0
 
 

@@ -140,9 +140,14 @@ def write_parquet(
     merged.update({str(k).encode(): str(v).encode() for k, v in (metadata or {}).items()})
     merged.pop(DIGEST_KEY.encode(), None)
     table = table.replace_schema_metadata(merged)
-    merged[DIGEST_KEY.encode()] = table_digest(table).encode()
-    table = table.replace_schema_metadata(merged)
     write_table_kwargs.setdefault("write_page_checksum", True)
+    # The digest is of the table as readers will see it (parquet renames nested list fields,
+    # may widen types): round trip it in memory first.
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, **write_table_kwargs)
+    as_read = pq.read_table(pa.BufferReader(buffer.getvalue()))
+    merged[DIGEST_KEY.encode()] = table_digest(as_read).encode()
+    table = table.replace_schema_metadata(merged)
     try:
         with target.temporary_path() as tmp:
             pq.write_table(table, tmp, **write_table_kwargs)

@@ -4,6 +4,7 @@ import warnings
 
 from ztfluigi.tasks.calib import FocalPlaneFlatImage, FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, QuadrantCatalog
+from ztfluigi.tasks.ipac import IpacHeaders, IpacMasks
 from ztfluigi.tasks.ranges import ApertureCatalogRange
 from ztfluigi.tasks.raw import RawFile, RawFiles, RawIndex, RawNight
 from ztfluigi.tasks.science import ScienceQuadrant
@@ -21,6 +22,8 @@ __all__ = [
     "ApertureCatalogUnit",
     "FocalPlaneFlatImage",
     "FocalPlaneLevel",
+    "IpacHeaders",
+    "IpacMasks",
     "MasterBias",
     "MasterFlat",
     "QuadrantCatalog",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Generator, Iterator
-from typing import Any
 
 import luigi
 import numpy as np
@@ -29,12 +27,12 @@ def cal_target(relpath: str) -> storage.FsspecTarget:
 
 def corrected_frames(
     task: luigi.Task, rawnames: list[naming.RawName], spec: CorrectionSpec
-) -> Generator[list[luigi.Task], Any, list[tuple[str, fits.Header, np.ndarray]]]:
+) -> list[tuple[str, fits.Header, np.ndarray]]:
     """(file name, primary header, corrected sky-oriented CCD) of stored raw files, verified
-    (a damaged one is fetched again). ``yield from`` it in a ``run()``."""
+    (a damaged one is fetched again)."""
     frames = []
     for i, rawname in enumerate(rawnames):
-        ccd = yield from read_or_rebuild(lambda r=rawname: read_stored_raw(r),
+        ccd = read_or_rebuild(lambda r=rawname: read_stored_raw(r),
                                          RawFile(filename=rawname.filename))  # fmt: skip
         progress.report(task, i, len(rawnames), "raw frames corrected")
         frames.append((rawname.filename, ccd.header,
@@ -67,7 +65,7 @@ class MasterBias(progress.OneLineFailures, luigi.Task):
     def output(self) -> storage.FsspecTarget:
         return cal_target(naming.master_bias_relpath(self.date, self.ccdid))
 
-    def run(self) -> Iterator[list[luigi.Task]]:
+    def run(self) -> None:
         rawnames = self.requires().branches()
         if len(rawnames) < calib.MIN_FRAMES:
             raise calib.CalibrationError(
@@ -76,7 +74,7 @@ class MasterBias(progress.OneLineFailures, luigi.Task):
             )
         specs = config.processing_specs()
         correction = specs.correction.for_imgtype("bias").resolved(self.date)
-        frames = [f for _, _, f in (yield from corrected_frames(self, rawnames, correction))]
+        frames = [f for _, _, f in corrected_frames(self, rawnames, correction)]
         bias, stats = calib.master_bias_stats(frames, specs.bias_clip)
         record = master_provenance("bias", self.date, self.ccdid, [r.filename for r in rawnames],
                                    [correction, specs.bias_clip, stats])  # fmt: skip
@@ -106,15 +104,15 @@ class MasterFlat(progress.OneLineFailures, luigi.Task):
     def output(self) -> storage.FsspecTarget:
         return cal_target(naming.master_flat_relpath(self.date, self.ccdid, self.filtercode))
 
-    def run(self) -> Iterator[list[luigi.Task]]:
+    def run(self) -> None:
         bias_target = self.input()["bias"]
-        bias_hdul = yield from read_or_rebuild(lambda: read_image(bias_target),
+        bias_hdul = read_or_rebuild(lambda: read_image(bias_target),
                                                self.requires()["bias"])  # fmt: skip
         bias = np.asarray(bias_hdul[0].data, dtype=np.float32)
         rawnames = self.requires()["flats"].branches()
         specs = config.processing_specs()
         correction = specs.correction.for_imgtype("flat").resolved(self.date)
-        frames = yield from corrected_frames(self, rawnames, correction)
+        frames = corrected_frames(self, rawnames, correction)
         selection = calib.select_flats_by_led(frames, camera.FILTER_LEDS[self.filtercode])
         if selection.rejected:
             logger.warning("%s: flats without a usable LED left out: %s", self,
@@ -143,10 +141,10 @@ class FocalPlaneLevel(progress.OneLineFailures, luigi.Task):
             naming.focal_plane_relpath(self.date, self.filtercode, "fp_flatnorm.fits")
         )
 
-    def run(self) -> Iterator[list[luigi.Task]]:
+    def run(self) -> None:
         flats = {}
         for ccdid, target in self.input().items():
-            hdul = yield from read_or_rebuild(lambda t=target: read_image(t),
+            hdul = read_or_rebuild(lambda t=target: read_image(t),
                                               self.requires()[ccdid])  # fmt: skip
             flats[ccdid] = (np.asarray(hdul[0].data, np.float32), float(hdul[0].header["FLTNORM"]))
         level = calib.focal_plane_level(flats)

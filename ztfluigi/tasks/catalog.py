@@ -24,10 +24,12 @@ from ztfluigi.naming import RawName
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.inputs import read_or_rebuild
+from ztfluigi.tasks.ipac import IpacHeaders, IpacMasks
 from ztfluigi.tasks.parameters import (
     CcdParameter,
     FieldParameter,
     FilterParameter,
+    InvalidParameter,
     NightParameter,
 )
 from ztfluigi.tasks.raw import RawFile, RawFiles, RawIndex, night_index, read_stored_raw, select_raw
@@ -35,6 +37,7 @@ from ztfluigi.tasks.science import (
     QuadrantParameters,
     ScienceQuadrant,
     calibration_tasks,
+    ipac_inputs,
     read_calibration,
     science_correction,
     science_quadrant,
@@ -72,6 +75,8 @@ class ApertureCatalogUnit(BranchedUnit):
             "raw": RawFiles(
                 date=self.date, ccdid=self.ccdid, imgtype="object", filtercode=self.filtercode
             ),  # fmt: skip
+            "headers": IpacHeaders(date=self.date, ccdid=self.ccdid, filtercode=self.filtercode),
+            "masks": IpacMasks(date=self.date, ccdid=self.ccdid, filtercode=self.filtercode),
         }
 
     def branches_known(self) -> bool:
@@ -98,7 +103,7 @@ def build_catalogues(
     if config.settings().refcat == "sim":  # only nights with science have a synthetic catalogue
         yield [SimRefCatalog(date=date)]
     match, calib_tasks = yield from calibration_tasks(date, ccdid, filtercode)
-    calibration = yield from read_calibration(match, calib_tasks)
+    calibration = read_calibration(match, calib_tasks)
     url, archive = refcat_url(date), config.get_archive()
     reference = refcat.RefCatalog(url)
     specs = config.processing_specs()
@@ -107,10 +112,12 @@ def build_catalogues(
         by_raw.setdefault(rawname, []).append(qid)
     done = 0
     for rawname, qids in by_raw.items():
-        ccd = yield from read_or_rebuild(lambda r=rawname: read_stored_raw(r),
+        ccd = read_or_rebuild(lambda r=rawname: read_stored_raw(r),
                                          RawFile(filename=rawname.filename))  # fmt: skip
         for qid in qids:
-            sci = science_quadrant(ccd, rawname, qid, calibration)
+            sci = read_or_rebuild(
+                lambda c=ccd, r=rawname, q=qid: science_quadrant(c, r, q, calibration),
+                ipac_inputs(rawname))  # fmt: skip
             if config.settings().store_science:
                 store_science_quadrant(sci, rawname, qid)
             table = catalogue.quadrant_catalogue(sci, rawname, qid, calibration, reference, url,
@@ -149,10 +156,25 @@ class ApertureCatalog(progress.OneLineFailures, luigi.Task):
     def complete(self) -> bool:
         if not all(unit.complete() for unit in self.requires()):
             return False
+        if self.unobserved_field():
+            return False  # a field the night did not observe is a mistake, not an empty result
         return all(task.complete() for task in self.night_inputs())
 
     def run(self) -> Iterator[list[luigi.Task]]:
+        observed = self.unobserved_field()
+        if observed:
+            raise InvalidParameter(f"field {self.field} has no science exposure on {self.date} "
+                                   f"(observed: {', '.join(map(str, observed))})")  # fmt: skip
         yield self.night_inputs()
+
+    def unobserved_field(self) -> list[int]:
+        """The night's observed fields when ``field`` is set and not among them (else [])."""
+        if not self.field or not RawIndex(date=self.date).output().exists():
+            return []
+        index = night_index(self.date)
+        fields = sorted({f for f, t in zip(index["field"].to_pylist(), index["imgtype"].to_pylist(),
+                                           strict=True) if t == "object"})  # fmt: skip
+        return [] if self.field in fields else fields or [0]
 
     def night_inputs(self) -> list[luigi.Task]:
         """The night's raw-file units and its own usable master calibrations with their raw frames.
@@ -165,8 +187,10 @@ class ApertureCatalog(progress.OneLineFailures, luigi.Task):
             return []
         ccds, filters = self._selection()
         reqs: list[luigi.Task] = [
-            RawFiles(date=self.date, ccdid=c, imgtype="object", filtercode=f)
-            for c in ccds for f in filters
+            task for c in ccds for f in filters
+            for task in (RawFiles(date=self.date, ccdid=c, imgtype="object", filtercode=f),
+                         IpacHeaders(date=self.date, ccdid=c, filtercode=f),
+                         IpacMasks(date=self.date, ccdid=c, filtercode=f))
         ]  # fmt: skip
         own = calmatch.own_calibrations(night_index(self.date), ccds, filters,
                                         focal_plane=not self.ccdid)  # fmt: skip

@@ -3,15 +3,21 @@
 A product counts only once verified (checksums, structure). When a task reads an input that
 fails verification, the damaged file is reported once by name, set aside under a hidden name
 (:func:`ztfluigi.storage.quarantine`, so it is missing for every existence check) and its
-producer is yielded as a dynamic dependency: Luigi builds it again, then runs the reading task
-again from the start. A damaged input never reaches a product.
+producer is run again in the reading task's process, before the input is read again. A damaged
+input never reaches a product.
+
+The producer runs in place rather than as a Luigi dynamic dependency: Luigi does not run again a
+task its scheduler already counts as done (a static requirement yielded again leaves the reader
+failing with "Unfulfilled dependency at run time"). Producers are deterministic and commit
+atomically, so two workers repairing the same product at once write the same bytes.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Callable, Generator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import luigi
 
@@ -21,18 +27,34 @@ logger = logging.getLogger("luigi-interface")
 T = TypeVar("T")
 
 
-def read_or_rebuild(
-    read: Callable[[], T], producer: luigi.Task
-) -> Generator[list[luigi.Task], Any, T]:
-    """``read()`` a product of ``producer``; if it is damaged, set it aside, rebuild, read again.
+def run_in_place(task: luigi.Task) -> None:
+    """Run ``task`` in this process, first its missing requirements and dynamic dependencies."""
+    for requirement in luigi.task.flatten(task.requires()):
+        if not requirement.complete():
+            run_in_place(requirement)
+    result = task.run()
+    if inspect.isgenerator(result):
+        try:
+            step = next(result)
+            while True:
+                for dependency in luigi.task.flatten(step):
+                    if not dependency.complete():
+                        run_in_place(dependency)
+                step = result.send(None)
+        except StopIteration:
+            pass
 
-    ``yield from`` it in a ``run()``.
-    """
+
+def read_or_rebuild(read: Callable[[], T], producer: luigi.Task | list[luigi.Task]) -> T:
+    """``read()`` a product of ``producer`` (or of one of several producers); if it is damaged,
+    set it aside, build it again in place, and read it again."""
     try:
         return read()
     except storage.DamagedProduct as exc:
         aside = storage.quarantine(exc.url) if exc.url else None
-        logger.warning("damaged product %s set aside%s; building it again with %s", exc.url,
-                       f" as {aside}" if aside else "", producer)  # fmt: skip
-    yield [producer]
+        logger.warning("damaged product %s set aside%s; building it again", exc.url,
+                       f" as {aside}" if aside else "")  # fmt: skip
+    for task in producer if isinstance(producer, list) else [producer]:
+        if not task.complete():
+            run_in_place(task)
     return read()

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 
 import luigi
 
-from ztfluigi import fitschecksum, storage
+from ztfluigi import fitschecksum, ipac, raw, storage
 from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, catalog_target
+from ztfluigi.tasks.ipac import IpacHeaders, IpacMasks, mask_targets
 from ztfluigi.tasks.raw import RawFiles, RawIndex, raw_target
 from ztfluigi.tasks.science import science_cache_targets
 
 #: Stored product kinds, in data-flow order (the rows of ``ztfluigi status``).
-KINDS = ("rawindex", "raw", "bias", "flat", "focal_plane", "catalogue", "science")
+KINDS = ("rawindex", "raw", "ipacheader", "mask", "bias", "flat", "focal_plane", "catalogue",
+         "science")
 #: Kinds shown only when some exist (science quadrants are virtual unless ``store_science``).
 OPTIONAL_KINDS = ("science",)
 
@@ -66,6 +68,15 @@ def _raw_products(unit: RawFiles) -> Iterator[Product]:
         yield Product("raw", raw_target(rawname).path, unit.date, consumers)
 
 
+def _mask_products(unit: IpacMasks) -> Iterator[Product]:
+    listing = storage.ListingCache()
+    for rawname, qid in unit.branches():
+        targets = mask_targets(rawname, qid)  # the stored one, else the name a run writes
+        stored = next((t for t in targets if listing.exists(t.path)), targets[0])
+        consumers = (catalog_target(rawname, qid).path,)
+        yield Product("mask", stored.path, unit.date, consumers)
+
+
 def _unit_products(unit: ApertureCatalogUnit) -> Iterator[Product]:
     for rawname, qid in unit.branches():
         yield Product("catalogue", catalog_target(rawname, qid).path, unit.date)
@@ -75,9 +86,10 @@ def _unit_products(unit: ApertureCatalogUnit) -> Iterator[Product]:
 
 _SINGLE_OUTPUT: dict[type, str] = {
     RawIndex: "rawindex", MasterBias: "bias", MasterFlat: "flat", FocalPlaneLevel: "focal_plane",
+    IpacHeaders: "ipacheader",
 }  # fmt: skip
 _BRANCHED: dict[type, Callable[[luigi.Task], Iterator[Product]]] = {
-    RawFiles: _raw_products, ApertureCatalogUnit: _unit_products,
+    RawFiles: _raw_products, ApertureCatalogUnit: _unit_products, IpacMasks: _mask_products,
 }  # fmt: skip
 
 
@@ -119,16 +131,24 @@ def existing(products: list[Product], listing: storage.ListingCache | None = Non
 def damage(product: Product) -> str | None:
     """Why a stored product fails verification (None: it is whole).
 
-    Raw files: FITS structure and the archive's CHECKSUM/DATASUM; calibration products: their
-    own checksums (required); parquet products: page checksums and the rows' digest.
+    Raw files: FITS structure (9 HDUs) and the archive's CHECKSUM/DATASUM; calibration products:
+    their own checksums (required); parquet products: page checksums and their digest; IPAC
+    masks: gzip CRC, FITS structure and the IPAC bit range.
     """
     try:
         if product.kind == "raw":
-            fitschecksum.verify(storage.read_bytes(product.url), product.url)
+            content = storage.read_bytes(product.url)
+            fitschecksum.verify(content, product.url)
+            if len(fitschecksum.hdu_spans(content)) != raw.N_HDU:
+                return f"{product.url}: not a ZTF raw file of {raw.N_HDU} HDUs"
         elif product.url.endswith(".fits"):
             storage.read_fits(product.url, require_checksum=product.kind != "science")
         elif product.url.endswith(".parquet"):
             storage.read_parquet(product.url, require_digest=True)
+        elif product.kind == "mask":
+            ipac.read_mask(storage.read_bytes(product.url), product.url)
+    except ipac.IpacError as exc:
+        return str(exc)
     except fitschecksum.FitsIntegrityError as exc:
         return str(exc)
     except storage.DamagedProduct as exc:

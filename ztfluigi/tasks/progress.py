@@ -29,9 +29,10 @@ def expected_error_types() -> tuple[type[BaseException], ...]:
     from ztfluigi.science import ScienceError
     from ztfluigi.settings_check import SettingsError
     from ztfluigi.storage import ProductError
+    from ztfluigi.tasks.parameters import InvalidParameter
 
     return (ArchiveError, CalibrationError, NoCalibrationError, RawFileError, ScienceError,
-            ProductError, SettingsError)  # fmt: skip
+            ProductError, SettingsError, InvalidParameter)  # fmt: skip
 
 
 def _fail_status(task: luigi.Task, exc: BaseException) -> None:

@@ -29,6 +29,7 @@ from ztfluigi.naming import RawName
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat, read_image
 from ztfluigi.tasks.inputs import read_or_rebuild
+from ztfluigi.tasks.ipac import IpacHeaders, IpacMasks, stored_header, stored_mask
 from ztfluigi.tasks.parameters import (
     FIRST_NIGHT,
     InvalidParameter,
@@ -118,21 +119,19 @@ def load_calibration(
 
 def read_calibration(
     match: calmatch.CalibrationMatch, tasks: CalibrationTasks
-) -> Generator[list[luigi.Task], Any, science.Calibration]:
+) -> science.Calibration:
     """As :func:`load_calibration` in a ``run()``: a damaged product is built again."""
-    hduls = []
-    for task in tasks:
-        hduls.append((yield from read_or_rebuild(lambda t=task: read_image(t.output()), task)))
+    hduls = [read_or_rebuild(lambda t=task: read_image(t.output()), task) for task in tasks]
     return _calibration(match, tasks, hduls)
 
 
 def science_quadrant(
     ccd: raw.RawCCD, rawname: RawName, qid: int, calibration: science.Calibration
 ) -> science.ScienceQuadrant:
-    """The virtual science quadrant: the raw CCD, its calibration and the IPAC header and mask."""
-    archive = config.get_archive()
-    ipac_header = archive.science_header(rawname, qid)
-    _, ipac_mask = archive.science_mask(rawname, qid)
+    """The virtual science quadrant: the raw CCD, its calibration and the stored IPAC header and
+    mask (never the archive: a quadrant rebuilds from the stores alone)."""
+    ipac_header = stored_header(rawname, qid)
+    ipac_mask = stored_mask(rawname, qid, ccd.data[qid].shape)
     return science.calibrated_quadrant(ccd, rawname, qid, calibration, ipac_header, ipac_mask,
                                        science_correction(rawname))  # fmt: skip
 
@@ -140,6 +139,13 @@ def science_quadrant(
 def science_correction(rawname: RawName) -> CorrectionSpec:
     """The raw corrections of a science frame, resolved for its date (what runs, recorded)."""
     return config.processing_specs().correction.for_imgtype("object").resolved(rawname.date)
+
+
+def ipac_inputs(rawname: RawName) -> list[luigi.Task]:
+    """The stored IPAC inputs of a raw science file's quadrants: headers and masks units."""
+    r = rawname
+    return [IpacHeaders(date=r.date, ccdid=r.ccdid, filtercode=r.filtercode),
+            IpacMasks(date=r.date, ccdid=r.ccdid, filtercode=r.filtercode)]  # fmt: skip
 
 
 def science_cache_targets(rawname: RawName, qid: int) -> dict[str, storage.FsspecTarget]:
@@ -184,6 +190,9 @@ class ScienceQuadrantTarget(luigi.Target):
         r = self.rawname
         if not RawFile(filename=r.filename).complete():
             raise MissingInput(f"{r.filename} is not in the raw store yet")
+        for task in ipac_inputs(r):
+            if not task.complete():
+                raise MissingInput(f"{task} is not built yet")
         return stored_calibration(r.date, r.ccdid, r.filtercode)
 
     def exists(self) -> bool:
@@ -223,7 +232,8 @@ class ScienceQuadrant(QuadrantParameters, progress.OneLineFailures, luigi.Task):
     """One virtual science quadrant: run() builds its inputs, ``output().load()`` the image."""
 
     def requires(self) -> list[luigi.Task]:
-        return [RawIndex(date=self.rawname.date), RawFile(filename=self.filename)]
+        return [RawIndex(date=self.rawname.date), RawFile(filename=self.filename),
+                *ipac_inputs(self.rawname)]  # fmt: skip
 
     def output(self) -> ScienceQuadrantTarget:
         return ScienceQuadrantTarget(self.rawname, self.qid)

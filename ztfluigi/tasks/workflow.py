@@ -45,10 +45,14 @@ class BranchedUnit(progress.OneLineFailures, luigi.Task):
             return []
         return [self.branch_output(b) for b in self.branches()]
 
+    def branch_present(self, branch: Any, listing: storage.ListingCache) -> bool:
+        """Whether a branch's product exists (its output; a unit may accept other names)."""
+        return listing.exists(self.branch_output(branch).path)
+
     def missing_branches(self, listing: storage.ListingCache | None = None) -> list[Any]:
         """The branches whose output does not exist (one listing per directory)."""
         listing = listing or storage.ListingCache()
-        return [b for b in self.branches() if not listing.exists(self.branch_output(b).path)]
+        return [b for b in self.branches() if not self.branch_present(b, listing)]
 
     def complete(self) -> bool:
         return self.branches_known() and not self.missing_branches()

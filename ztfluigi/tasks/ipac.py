@@ -1,0 +1,131 @@
+"""IPAC inputs of the virtual science quadrants, stored once like raw files.
+
+A science quadrant's header merges IPAC's ``sciimg`` header (TPV WCS, ids) and its mask is
+IPAC's ``mskimg``: both are inputs, fetched once from the archive, verified, and stored, so
+that rebuilding a virtual quadrant needs the stores only, never the archive.
+
+* :class:`IpacHeaders` — one parquet table per night × CCD × filter (the coarseness of the
+  raw-file units) with every card of the ``sciimg``
+  primary header of each science quadrant (:mod:`ztfluigi.ipac` codec: a header is rebuilt
+  exactly), fetched with one ranged read per quadrant;
+* :class:`IpacMasks` — the masks of a night × CCD × filter, as branches, each under its IRSA
+  name in the IRSA tree (``sci/YYYY/MMDD/ffffff/ztf_…_qQ_mskimg.fits.gz``) of the raw store, so a
+  ztfquery ``$ZTFDATA`` mirror serves them as is (``…_mskimg.fits`` counts too).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+
+import luigi
+import numpy as np
+import pyarrow as pa
+from astropy.io import fits
+
+from ztfluigi import config, ipac, naming, storage
+from ztfluigi.naming import RawName
+from ztfluigi.tasks import progress
+from ztfluigi.tasks.parameters import CcdParameter, FilterParameter, NightParameter
+from ztfluigi.tasks.raw import RawIndex, night_index, select_raw
+from ztfluigi.tasks.workflow import BranchedUnit
+
+
+def _science_quadrants(
+    date: dt.date, ccdid: int, filtercode: str = ""
+) -> list[tuple[RawName, int]]:
+    raws = select_raw(night_index(date), ccdid, "object", filtercode)
+    return [(r, q) for r in raws for q in range(1, 5)]
+
+
+class IpacHeaders(progress.OneLineFailures, luigi.Task):
+    """IPAC ``sciimg`` headers of every science quadrant of a night, CCD and filter."""
+
+    date = NightParameter()
+    ccdid = CcdParameter()
+    filtercode = FilterParameter()
+
+    def requires(self) -> RawIndex:
+        return RawIndex(date=self.date)
+
+    def output(self) -> storage.FsspecTarget:
+        return storage.get_target(
+            config.settings().raw_url(
+                naming.ipacheader_relpath(self.date, self.ccdid, self.filtercode)))
+
+    def run(self) -> None:
+        archive = config.get_archive()
+        quadrants = _science_quadrants(self.date, self.ccdid, self.filtercode)
+        table = archive.fetch_science_headers(quadrants)
+        storage.write_parquet(self.output(), table, metadata={
+            "ztfluigi.product": "IpacHeaders", "ztfluigi.archive": archive.name})  # fmt: skip
+
+
+def mask_targets(rawname: RawName, qid: int) -> list[storage.FsspecTarget]:
+    """Where a quadrant's IPAC mask may be stored, in reading order (gzip first, as the
+    reference reads a mirror)."""
+    return [storage.get_target(config.settings().raw_url(
+                naming.science_quadrant_relpath(rawname, qid, suffix)))
+            for suffix in naming.MASK_SUFFIXES]  # fmt: skip
+
+
+class IpacMasks(BranchedUnit):
+    """IPAC masks of the science quadrants of a night, CCD and filter (one file per quadrant)."""
+
+    date = NightParameter()
+    ccdid = CcdParameter()
+    filtercode = FilterParameter()
+
+    def requires(self) -> RawIndex:
+        return RawIndex(date=self.date)
+
+    def branches_known(self) -> bool:
+        return self.input().exists()
+
+    def branches(self) -> list[tuple[RawName, int]]:
+        return _science_quadrants(self.date, self.ccdid, self.filtercode)
+
+    def branch_output(self, branch: tuple[RawName, int]) -> storage.FsspecTarget:
+        return mask_targets(*branch)[0]
+
+    def branch_present(self, branch: tuple[RawName, int], listing: storage.ListingCache) -> bool:
+        return any(listing.exists(t.path) for t in mask_targets(*branch))
+
+    def run_branches(self, todo: list[tuple[RawName, int]]) -> None:
+        archive = config.get_archive()
+        for i, (rawname, qid) in enumerate(todo):
+            fetched = archive.fetch_mask(rawname, qid)
+            gz = fetched.relpath.endswith(".gz")
+            content = fetched.content if gz else ipac.gzip_bytes(fetched.content)
+            storage.write_bytes(self.branch_output((rawname, qid)), content)
+            progress.report(self, i + 1, len(todo), "IPAC masks fetched")
+
+
+@functools.lru_cache(maxsize=32)
+def _header_table(url: str) -> tuple[pa.Table, dict]:
+    table = storage.read_parquet(url, require_digest=True)
+    return table, ipac.row_index(table)
+
+
+def stored_header(rawname: RawName, qid: int) -> fits.Header:
+    """A quadrant's IPAC header from the stored night × CCD × filter table (cached)."""
+    r = rawname
+    target = IpacHeaders(date=r.date, ccdid=r.ccdid, filtercode=r.filtercode).output()
+    table, rows = _header_table(target.path)
+    row = rows.get(ipac.QuadrantKey.of(rawname, qid).lookup())
+    if row is None:  # IpacError naming the quadrant
+        return ipac.header_for(table, rawname, qid)
+    return ipac.header_from_row(table, row)
+
+
+def stored_mask(rawname: RawName, qid: int, shape: tuple[int, int]) -> np.ndarray:
+    """A quadrant's IPAC mask from the raw store, verified (structure, shape, IPAC bits);
+    :class:`~ztfluigi.storage.DamagedProduct` naming the file when it fails."""
+    listing = storage.ListingCache()
+    for target in mask_targets(rawname, qid):
+        if listing.exists(target.path):
+            try:
+                return ipac.read_mask(storage.read_bytes(target), target.path, shape)
+            except ipac.IpacError as exc:
+                raise storage.DamagedProduct(f"damaged IPAC mask {exc}", target.path) from None
+    raise storage.ProductError(f"missing product: {mask_targets(rawname, qid)[0].path}")
