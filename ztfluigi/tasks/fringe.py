@@ -31,8 +31,9 @@ from ztfluigi.tasks.science import (
     science_quadrant,
 )
 
-#: Default period (nights). Measured on the simulator (3 zi exposures per night and CCD):
-#: 30 training exposures leave 11 % of the fringe, 60 leave 8 % (``tests/test_fringes.py``).
+#: Default period (nights): 20 × 3 zi exposures per night and CCD (the simulator's default) =
+#: 60 training exposures, which leave 8 % (scale 16) / 8–9 % (full size) of the fringe; 20–30
+#: exposures leave 11–20 % (``tests/test_fringes.py``, ``bench/bench_fringes.py``).
 DEFAULT_WINDOW = 20
 MAX_WIDEN = 2  #: at most this many earlier periods are added when a period has too few exposures
 
