@@ -161,6 +161,19 @@ def test_model_removes_injected_fringes(zi_quadrants):
     assert np.median(np.array(after) / np.array(before)) < 0.95
 
 
+def test_no_fringe_gives_an_empty_model_that_changes_nothing(zi_quadrants):
+    """The same quadrants with the true fringe removed: no component stands above the noise."""
+    clean = [(s - f.astype(np.float32), m) for s, m, f, _ in zi_quadrants]
+    qm = fringes.build_quadrant(QID, [fringes.fringe_map(s, m) for s, m in clean])
+    assert qm.modes.shape == (0,) + fringes.decimated_shape(clean[0][0].shape)
+    model = fringes.FringeModel(CCDID, START, START, {QID: qm})
+    back = fringes.from_hdulist(fringes.to_hdulist(model))
+    assert back.k == 0 and back.quadrants[QID].modes.shape == qm.modes.shape
+    fit = fringes.correct(clean[0][0], clean[0][1], back.quadrants[QID].modes)
+    np.testing.assert_array_equal(fit.data, clean[0][0])
+    assert fringes.header_cards(fit, "m.fits")["FRNGK"][0] == 0
+
+
 def test_too_few_exposures_is_named(zi_quadrants):
     maps = [fringes.fringe_map(s, m, n) for s, m, _, n in zi_quadrants[:5]]
     with pytest.raises(fringes.TooFewExposures) as info:

@@ -238,7 +238,8 @@ def _select(evals: np.ndarray, evecs: np.ndarray, k: int, npix_full: int) -> np.
 def decompose(maps: Sequence[FringeMap], k: int = DEFAULT_K) -> tuple[np.ndarray, np.ndarray]:
     """Up to K unit-RMS modes (float32, K' × rows × cols) and their explained-variance fractions.
 
-    Uncentred truncated SVD via the N×N Gram matrix; components are kept by :func:`_select`;
+    Uncentred truncated SVD via the N×N Gram matrix; components are kept by :func:`_select`
+    (none when no fringe stands above the noise: zero modes);
     masked pixels are filled with the reconstruction for :data:`EM_ITERATIONS` passes. Signs:
     the mean coefficient over the training maps is positive.
     """
@@ -252,8 +253,8 @@ def decompose(maps: Sequence[FringeMap], k: int = DEFAULT_K) -> tuple[np.ndarray
         gram = _gram(x)
         evals, evecs = np.linalg.eigh(gram)
         chosen = _select(evals, evecs, k, int(np.prod(maps[0].shape)))
-        if chosen.size == 0:
-            raise FringeError("no fringe component above the noise")
+        if chosen.size == 0:  # no fringe: an empty model, whose correction changes nothing
+            return np.zeros((0,) + shape, np.float32), np.zeros(0)
         lam, v = evals[chosen], evecs[:, chosen]  # N × k'
         modes = (v.T.astype(np.float32) @ x) / np.sqrt(lam)[:, None].astype(np.float32)
         if it == EM_ITERATIONS:
@@ -292,7 +293,7 @@ class FringeModel:
 
     @property
     def k(self) -> int:
-        return next(iter(self.quadrants.values())).modes.shape[0] if self.quadrants else 0
+        return max((q.modes.shape[0] for q in self.quadrants.values()), default=0)
 
 
 def select_evenly(items: Sequence[object], limit: int = MAX_EXPOSURES) -> list[object]:
@@ -434,8 +435,12 @@ def to_hdulist(model: FringeModel, cards: Mapping[str, object] | None = None) ->
     hdus: list[fits.PrimaryHDU | fits.ImageHDU] = [primary]
     for qid in sorted(model.quadrants):
         q = model.quadrants[qid]
-        hdu = fits.ImageHDU(q.modes.astype(np.float32), name=f"Q{qid}")
+        data = q.modes.astype(np.float32) if q.modes.shape[0] else None
+        hdu = fits.ImageHDU(data, name=f"Q{qid}")
         hdu.header["QID"] = (qid, "quadrant id")
+        hdu.header["FRNGK"] = (q.modes.shape[0], "modes of this quadrant (0: no fringe)")
+        hdu.header["SAMPROWS"] = (q.modes.shape[1], "rows of the sampled modes")
+        hdu.header["SAMPCOLS"] = (q.modes.shape[2], "columns of the sampled modes")
         hdu.header["NFRAMES"] = (len(q.inputs), "training exposures")
         hdu.header["EXPVAR"] = (float(np.sum(q.explained)), "variance fraction of the K modes")
         for i, frac in enumerate(q.explained, start=1):
@@ -457,10 +462,11 @@ def from_hdulist(hdul: fits.HDUList) -> FringeModel:
         end=dt.datetime.strptime(h["PERIODND"], "%Y%m%d").date(),
     )
     for hdu in hdul[1:]:
-        qid = int(hdu.header["QID"])
-        k = hdu.data.shape[0]
+        qid, k = int(hdu.header["QID"]), int(hdu.header["FRNGK"])
+        shape = (k, int(hdu.header["SAMPROWS"]), int(hdu.header["SAMPCOLS"]))
+        modes = np.asarray(hdu.data, np.float32) if k else np.zeros(shape, np.float32)
         explained = np.array([hdu.header[f"EXPVAR{i:02d}"] for i in range(1, k + 1)])
         n = int(hdu.header["NFRAMES"])
         inputs = [str(hdu.header[f"INPUT{i:03d}"]) for i in range(1, n + 1)]
-        model.quadrants[qid] = QuadrantModes(np.asarray(hdu.data, np.float32), explained, inputs)
+        model.quadrants[qid] = QuadrantModes(modes, explained, inputs)
     return model
