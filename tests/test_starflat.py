@@ -174,3 +174,37 @@ def test_products_are_written_with_provenance_and_rebuilt_identically(fitted, tm
     assert json.loads(meta["starflat.grid"]) == list(GRID)
     assert {"dzp", "dzp_err", "dzp_quadnorm", "xi", "eta"} <= set(cells.column_names)
     assert all(contents[0][p].startswith(b"\x89PNG") for p in PICTURES)
+
+
+def test_selection_cuts_and_full_size_positions():
+    """Flagged, faint, crowded and colourless stars are left out; window pixels become full-size
+    quadrant pixels; the exposure comes from the raw file name."""
+    from ztfluigi import photometry
+
+    n = 6
+    stars = {"source_id": np.arange(n), "ra": np.full(n, 120.0), "dec": np.full(n, 0.0),
+             "phot_g_mean_mag": np.array([15.0, 15.0, 15.0, 15.0, 16.5, 15.0]),
+             "phot_bp_mean_mag": np.array([15.5, 15.5, 15.5, 15.5, 17.0, np.nan]),
+             "phot_rp_mean_mag": np.full(n, 14.5)}  # fmt: skip
+    x = np.array([10.0, 50.0, 100.0, 150.0, 152.0, 50.0])  # star 4 is 2 px from star 3
+    y = np.array([100.0, 100.0, 100.0, 100.0, 100.0, 160.0])
+    flux = np.array([1e5, 1e5, 1e3, 1e5, 3e4, 1e5])
+    phot = {"flux": flux[None], "flux_err": np.full((1, n), 100.0),
+            "flux_err_bkg": np.full((1, n), 100.0),
+            "flag": np.array([[0, 32, 0, 0, 0, 0]], np.uint8)}  # fmt: skip
+    meta = {"raw_file": "ztf_20190331123456_000413_zr_c07_o.fits.fz", "qid": "2",
+            "epoch_mjd": "58573.2"}  # fmt: skip
+    table = photometry.catalogue_table(stars, x, y, (192, 192), np.ones(n, bool), phot, (8.0,),
+                                       meta)  # fmt: skip
+    meas = starflat.measurements_from_catalogues([table])
+    # 0 kept; 1 flagged; 2 S/N 10; 3 has a brighter-than-G+3 neighbour (4) and 4 a brighter
+    # one (3); 5 has no BP.
+    assert meas.source_id.tolist() == [0]
+    assert meas.counts == {"rows": 6, "flagged": 1, "low_snr": 1, "not_isolated": 2,
+                           "no_colour": 1, "selected": 1}  # fmt: skip
+    y0, x0 = 1444, 1440  # the centred 192 × 192 window of a 3080 × 3072 quadrant
+    assert meas.x[0] == pytest.approx(10.0 + x0) and meas.y[0] == pytest.approx(100.0 + y0)
+    assert meas.exposures == ["20190331123456"] and meas.ccdid[0] == 7 and meas.qid[0] == 2
+    assert meas.mag[0] == pytest.approx(-12.5) and meas.colour[0] == pytest.approx(1.0)
+    with pytest.raises(starflat.StarflatError):
+        starflat.fit_starflat(meas.subset(np.zeros(1, bool)))
