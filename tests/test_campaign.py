@@ -100,6 +100,8 @@ def test_campaign_builds_the_region_rebuilds_what_is_missing_and_matches_its_pla
         raw = {p.name for p in store.glob("raw/**/*.fits.fz")}
         assert len(raw) == sum(plan["raw_files"].values())
         assert sum(n.endswith("_o.fits.fz") for n in raw) == plan["raw_files"]["object"] == 4
+        assert len(list(store.glob("**/*_ipacheader.parquet"))) == plan["ipac"]["header_tables"]
+        assert len(list(store.glob("**/*_mskimg.fits*"))) == plan["ipac"]["masks"] == 16
         masters = list(store.glob("cal/**/*_bias.fits")) + list(store.glob("cal/**/*_flat.fits"))
         masters += list(store.glob("cal/**/*_fp_flatnorm.fits"))
         assert len(masters) == sum(plan["masters"].values()) == 16 + 16 + 1

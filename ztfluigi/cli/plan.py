@@ -51,6 +51,7 @@ class NightPlan:
     raw_present: int = 0
     masters: dict[str, int] = dataclasses.field(default_factory=dict)  #: own masters per kind
     masters_present: int = 0
+    ipac: dict[str, int] = dataclasses.field(default_factory=dict)  #: header tables, masks
 
 
 def _sim_metadata(archive: object, date: dt.date) -> pa.Table:
@@ -115,6 +116,9 @@ def plan_night(date: dt.date, spec: str, filters: list[str], listing: object,
     if not plan.quadrants:
         return plan
     plan.raw["object"] = len(needed_raw)
+    # IPAC inputs: one header table per CCD and filter with a selected quadrant, one mask each
+    plan.ipac = {"header_tables": len({(r.ccdid, r.filtercode) for r in needed_raw}),
+                 "masks": sum(plan.quadrants.values())}  # fmt: skip
     masters = []
     calib = index.filter(pc.is_in(index["imgtype"], pa.array(["bias", "flat"])))
     for kind, ccdid, f in calmatch.own_calibrations(calib, range(1, 17), filters,
@@ -152,7 +156,9 @@ class CampaignPlan:
         exposures: collections.Counter = collections.Counter()
         raw: collections.Counter = collections.Counter()
         masters: collections.Counter = collections.Counter()
+        ipac: collections.Counter = collections.Counter()
         for n in self.nights:
+            ipac.update(n.ipac)
             quadrants.update(n.quadrants)
             exposures.update(n.exposures)
             raw.update(n.raw)
@@ -180,6 +186,7 @@ class CampaignPlan:
             "raw_to_download": n_raw - raw_present,
             "download_gb": (n_raw - raw_present) * COSTS["raw_bytes"][0] / 1e9,
             "masters": dict(masters), "masters_present": masters_present,
+            "ipac": dict(ipac),
             "masters_to_build": n_masters - masters_present,
             "cpu_hours": lo_hi,
             "storage_gb": [(n_quad * COSTS["catalogue_bytes"][i]
@@ -217,6 +224,8 @@ def print_plan(plan: CampaignPlan, out: TextIO) -> None:
     print(f"raw files: {sum(raw.values())} needed ({', '.join(f'{v} {k}' for k, v in raw.items())})"
           f", {t['raw_present']} present, {t['raw_to_download']} to download "
           f"≈ {t['download_gb']:.1f} GB at real size", file=out)  # fmt: skip
+    print(f"IPAC inputs: {t['ipac'].get('header_tables', 0)} header tables (CCD x filter), "
+          f"{t['ipac'].get('masks', 0)} masks", file=out)  # fmt: skip
     masters = t["masters"]
     print(f"masters: {sum(masters.values())} ({', '.join(f'{v} {k}' for k, v in masters.items())})"
           f", {t['masters_present']} present, {t['masters_to_build']} to build", file=out)

@@ -38,6 +38,7 @@ from ztfluigi import camera, naming, region, storage
 from ztfluigi.naming import RawName
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, catalog_target
+from ztfluigi.tasks.ipac import IpacHeaders, IpacMasks
 from ztfluigi.tasks.parameters import FilterParameter, NightParameter
 from ztfluigi.tasks.ranges import RegionParameter, nights
 from ztfluigi.tasks.raw import RawFiles, RawIndex, night_index, raw_target
@@ -148,17 +149,59 @@ class RegionRawFiles(RawFiles):
         return [r for r in super().branches() if sel.selects_ccd(r.field, r.ccdid)]
 
 
+class RegionIpacMasks(IpacMasks):
+    """IPAC masks of one night, CCD and filter, for the quadrants overlapping the region."""
+
+    region = RegionParameter(default="", description="sky region (toy, or ra1,ra2,dec1,dec2)")
+
+    def branches(self) -> list[tuple[RawName, int]]:
+        if not self.region:
+            return super().branches()
+        sel = region.selection(self.region)
+        return [(r, q) for r, q in super().branches() if sel.selects(r.field, r.ccdid, q)]
+
+
+class RegionIpacHeaders(IpacHeaders):
+    """The IPAC header table of one night, CCD and filter, if the region selects a quadrant there.
+
+    With the night's RawIndex stored and no selected quadrant on the CCD, it is complete and its
+    run does nothing: a unit of the region never fetches headers it will not use.
+    """
+
+    region = RegionParameter(default="", description="sky region (toy, or ra1,ra2,dec1,dec2)")
+
+    def _unused(self) -> bool:
+        if not self.region or not RawIndex(date=self.date).output().exists():
+            return False
+        return not selected_quadrants(night_index(self.date), self.region, self.filtercode,
+                                      self.ccdid)  # fmt: skip
+
+    def complete(self) -> bool:
+        return self._unused() or super().complete()
+
+    def run(self) -> None:
+        if not self._unused():
+            super().run()
+
+
+def _narrowed(task: luigi.Task, spec: str) -> luigi.Task:
+    """The region's version of a night's per-CCD input unit (raw science files, IPAC masks)."""
+    if isinstance(task, RawFiles) and task.imgtype == "object":
+        return RegionRawFiles(region=spec, **task.param_kwargs)
+    if isinstance(task, IpacMasks):
+        return RegionIpacMasks(region=spec, **task.param_kwargs)
+    if isinstance(task, IpacHeaders):
+        return RegionIpacHeaders(region=spec, **task.param_kwargs)
+    return task
+
+
 class RegionCatalogUnit(ApertureCatalogUnit):
     """The catalogues of one night, CCD and filter whose quadrant overlaps the region."""
 
     region = RegionParameter(default="", description="sky region (toy, or ra1,ra2,dec1,dec2)")
 
     def requires(self) -> dict[str, luigi.Task]:
-        return {
-            "index": RawIndex(date=self.date),
-            "raw": RegionRawFiles(date=self.date, ccdid=self.ccdid, imgtype="object",
-                                  filtercode=self.filtercode, region=self.region),  # fmt: skip
-        }
+        return {k: _narrowed(t, self.region) for k, t in super().requires().items()}
 
     def branches(self) -> list[tuple[RawName, int]]:
         pairs = selected_quadrants(night_index(self.date), self.region, self.filtercode, self.ccdid)
@@ -168,9 +211,10 @@ class RegionCatalogUnit(ApertureCatalogUnit):
 class RegionNight(ApertureCatalog):
     """A night's catalogues in a region, with the night inputs they need (``ApertureCatalog``).
 
-    Science raw files are those of the region only; a night without a selected quadrant needs no
-    master calibration. The night's own masters, when it has selected quadrants, are those of
-    every CCD (a focal-plane level is made from the sixteen flats, each flat from its CCD's bias).
+    Science raw files and IPAC inputs are those of the CCDs (masks: quadrants) in the region; a
+    night without a selected quadrant needs no master calibration. The night's own masters, when
+    it has selected quadrants, are those of every CCD (a focal-plane level is made from the
+    sixteen flats, each flat from its CCD's bias).
     """
 
     region = RegionParameter(default="", description="sky region (toy, or ra1,ra2,dec1,dec2)")
@@ -190,9 +234,11 @@ class RegionNight(ApertureCatalog):
                 if self.field in (0, r.field)}  # fmt: skip
         out: list[luigi.Task] = []
         for task in reqs:
-            if isinstance(task, RawFiles) and task.imgtype == "object":
+            per_ccd = isinstance(task, IpacHeaders | IpacMasks) or (
+                isinstance(task, RawFiles) and task.imgtype == "object")  # fmt: skip
+            if per_ccd:
                 if task.ccdid in used:
-                    out.append(RegionRawFiles(region=self.region, **task.param_kwargs))
+                    out.append(_narrowed(task, self.region))
             elif used:
                 out.append(task)
         return out
