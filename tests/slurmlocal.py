@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import system_packages
 from tests.luigid import die_with_parent, free_port, stop_process
 
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "scancel")
@@ -108,12 +109,14 @@ class LocalSlurm:
 
 
 def _check_can_run() -> None:
-    """Fail (not skip) with the reason when this machine cannot run the local cluster."""
+    """Install slurm-wlm and munge if missing; fail (not skip) with the reason when this machine
+    cannot run the local cluster."""
+    system_packages.ensure("slurm-wlm", "munge")
     missing = [b for b in BINARIES if shutil.which(b) is None
                and not Path("/usr/sbin", b).exists()]  # fmt: skip
     if missing:
         raise RuntimeError(f"Slurm/munge not installed (missing {', '.join(missing)}); "
-                           "install slurm-wlm and munge (.ci/run does)")  # fmt: skip
+                           "install slurm-wlm and munge")  # fmt: skip
     if os.geteuid() != 0:
         raise RuntimeError("the local Slurm runs slurmd/slurmctld as root; run the tests as root")
 

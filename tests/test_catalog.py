@@ -249,3 +249,23 @@ def test_single_quadrant_with_stored_science_image(tmp_path):
         loaded = virtual.output().load()  # now read from the stored copy
         assert np.array_equal(loaded.data, hdu.data, equal_nan=True)
         assert np.array_equal(loaded.mask, mask.data)
+
+
+def test_a_night_reads_as_one_dataset(night):
+    """Rows carry their exposure identity: a night's catalogues are one pyarrow dataset, filtered
+    without parsing file names."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from ztfluigi.catalogue import EXPOSURE_COLUMNS
+
+    entry, _, root = night
+    night_set = ds.dataset(str(root / "sci"), format="parquet")
+    assert set(EXPOSURE_COLUMNS) <= set(night_set.schema.names)
+    ccd1 = night_set.to_table(filter=(pc.field("ccdid") == 1) & (pc.field("qid") == 2))
+    unit = next(u for u in entry.requires() if u.ccdid == 1)
+    files = [t for (r, q), t in zip(unit.branches(), unit.output(), strict=True) if q == 2]
+    assert ccd1.num_rows == sum(storage.read_parquet(t).num_rows for t in files) > 0
+    assert set(ccd1["rcid"].to_pylist()) == {1} and set(ccd1["filtercode"].to_pylist()) == {"zr"}
+    one = storage.read_parquet(files[0])
+    assert abs(one["obsmjd"][0].as_py() - float(one.schema.metadata[b"epoch_mjd"])) < 1e-6

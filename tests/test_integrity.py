@@ -7,6 +7,7 @@ a field that does not exist, killed writers' temporaries, a full disk.
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import os
 import shutil
@@ -24,8 +25,9 @@ import pytest
 from tests.helpers import DEMO_DATE, build, luigi_settings
 from ztfluigi import storage
 from ztfluigi.cli import main as ztfluigi_main
+from ztfluigi.settings_check import SettingsError
 from ztfluigi.storage import targets as storage_targets
-from ztfluigi.tasks import ApertureCatalog, IpacMasks, MasterBias, MasterFlat, RawFiles
+from ztfluigi.tasks import ApertureCatalog, IpacMasks, MasterBias, MasterFlat, RawFiles, RawIndex
 from ztfluigi.tasks.parameters import InvalidParameter
 
 CCD, FILTER = 3, "zr"
@@ -241,3 +243,22 @@ def test_a_full_disk_is_one_line_naming_the_product(tmp_path, monkeypatch):
     assert target.path in message and "No space left on device" in message
     assert "\n" not in message
     assert list((tmp_path / "cal").iterdir()) == []  # neither the product nor a temporary
+
+
+def test_a_store_never_mixes_synthetic_and_real_data(tmp_path):
+    """The first night indexed records what the store holds; a run configured for another
+    archive, or for another synthetic seed or scale, is refused before anything runs."""
+    sim = {"seed": "0", "scale": "32", "n_fields": "1"}
+    with luigi_settings({"ztfluigi": {"root": str(tmp_path), "archive": "sim"}, "sim": sim}):
+        assert build(RawIndex(date=DEMO_DATE)).status == SUCCESS
+    held = (tmp_path / "ztfluigi-store.json").read_text()
+    assert '"archive": "sim"' in held and '"scale": 32' in held and '"seed": 0' in held
+    for archive, seed in (("irsa", "0"), ("http://127.0.0.1:1", "0"), ("sim", "1")):
+        settings = {"ztfluigi": {"root": str(tmp_path), "archive": archive},
+                    "sim": {**sim, "seed": seed}}  # fmt: skip
+        with luigi_settings(settings), pytest.raises(SettingsError) as info:
+            RawIndex(date=DEMO_DATE + dt.timedelta(days=1))
+        message = str(info.value)
+        assert "archive = sim, scale = 32, seed = 0" in message and "\n" not in message
+    indexed = [p.name for p in tmp_path.rglob("*_rawindex.parquet")]
+    assert indexed == ["ztf_20190331_rawindex.parquet"]  # the refused runs wrote nothing

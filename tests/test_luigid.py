@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import system_packages
 from tests.helpers import DEMO_DATE, luigi_settings, night_without_calibration
 from tests.luigid import NIGHT, Luigid, night_settings, night_tasks, running_luigid, scheduler_tasks
 from ztfluigi.cli.slurm import worker_loop
@@ -82,8 +83,9 @@ def night_on_luigid(tmp_path_factory):
     an array element runs): a bare ``luigi`` exits 10/25 when the other worker ran tasks it
     scheduled, the loop runs it again until the night is complete (exit 0) or a task fails.
     """
+    system_packages.ensure("chromium")
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium")
     tmp = tmp_path_factory.mktemp("luigid")
     settings = night_settings(tmp / "store")
     with running_luigid(tmp, settings) as central:

@@ -64,5 +64,27 @@ def quadrant_catalogue(
     stars = refcat.at_epoch(catalogue.cone(ra, dec, radius), float(sci.header["OBSMJD"]))
     metadata = catalogue_metadata(sci, rawname, qid, calibration, refcat_name, archive_name,
                                   correction)  # fmt: skip
-    return photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars, metadata=metadata,
-                                           spec=photometry_spec)  # fmt: skip
+    table = photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars,
+                                            metadata=metadata, spec=photometry_spec)  # fmt: skip
+    return with_exposure_columns(table, sci.header, rawname, qid)
+
+
+#: per-row exposure identity, so that a night or a campaign reads as one dataset
+EXPOSURE_COLUMNS = {
+    "expid": pa.int64(), "obsmjd": pa.float64(), "filtercode": pa.string(),
+    "field": pa.int32(), "ccdid": pa.int8(), "qid": pa.int8(), "rcid": pa.int8(),
+}  # fmt: skip
+
+
+def with_exposure_columns(table: pa.Table, header: object, rawname: RawName, qid: int) -> pa.Table:
+    """The catalogue with :data:`EXPOSURE_COLUMNS` appended (constant over its rows): the IPAC
+    exposure id, the exposure's MJD, filter, field, CCD, quadrant and readout channel."""
+    values = {
+        "expid": int(header.get("EXPID", -1)), "obsmjd": float(header["OBSMJD"]),
+        "filtercode": rawname.filtercode, "field": rawname.field, "ccdid": rawname.ccdid,
+        "qid": qid, "rcid": 4 * (rawname.ccdid - 1) + qid - 1,
+    }  # fmt: skip
+    for name, kind in EXPOSURE_COLUMNS.items():
+        table = table.append_column(pa.field(name, kind),
+                                    pa.array([values[name]] * table.num_rows, kind))  # fmt: skip
+    return table

@@ -8,6 +8,8 @@ configuration, as a :class:`~ztfluigi.storage.StoreSettings` value, when :func:`
 from __future__ import annotations
 
 import functools
+import json
+from importlib import resources
 from typing import Any
 
 import luigi
@@ -21,6 +23,25 @@ from ztfluigi.photometry import PhotometrySpec
 from ztfluigi.sim.schedule import SimConfig
 from ztfluigi.specs import ProcessingSpecs
 from ztfluigi.storage import url_join
+
+#: the package's own luigi.cfg: the embedded default, read before every other configuration file
+PACKAGED_DEFAULTS = str(resources.files("ztfluigi") / "data" / "luigi.cfg")
+
+
+def install_packaged_defaults() -> None:
+    """Make the package's luigi.cfg the lowest-priority configuration file Luigi reads.
+
+    Luigi reads ``/etc/luigi/luigi.cfg``, ``./luigi.cfg`` and ``$LUIGI_CONFIG_PATH`` in that order
+    (later files win); the packaged defaults go before all of them, so the documented behaviour
+    (exit codes, retries, ``check_complete_on_run``, the ``[ztfluigi]`` and ``[sim]`` defaults)
+    holds from any working directory, and every usual file still overrides it. Idempotent.
+    """
+    parser = luigi.configuration.LuigiConfigParser
+    if PACKAGED_DEFAULTS in parser._config_paths:
+        return
+    parser._config_paths.insert(0, PACKAGED_DEFAULTS)
+    if parser._instance is not None:  # already read: read again, defaults first
+        parser.reload()
 
 
 class ztfluigi(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg section name
@@ -222,4 +243,48 @@ def check_settings() -> None:
     sections = {name: dict(cfg.items(name, raw=True)) if cfg.has_section(name) else {}
                 for name in known}  # fmt: skip
     settings_check.check(sections, known)
+    check_store_identity()
     _checked = stamp
+
+
+STORE_IDENTITY = "ztfluigi-store.json"  #: what a store holds, written once under ``root``
+
+
+def store_identity() -> dict[str, object]:
+    """What the configured archive puts in a store: the synthetic instrument (its seed and
+    scale: other values make other data) or real data from IRSA or an IRSA-compatible server."""
+    spec = settings().archive
+    if spec == "sim":
+        return {"archive": "sim", "seed": sim().seed, "scale": sim().scale}
+    return {"archive": "irsa" if spec == "irsa" else "irsa-compatible"}
+
+
+def _identity_target() -> storage.FsspecTarget:
+    return storage.get_target(url_join(settings().root, STORE_IDENTITY))
+
+
+def record_store_identity() -> None:
+    """Write the store's identity record if it has none (the first night indexed writes it)."""
+    target = _identity_target()
+    if not target.exists():
+        storage.write_bytes(target, (json.dumps(store_identity(), sort_keys=True) + "\n").encode())
+
+
+def check_store_identity() -> None:
+    """Refuse, in one line naming both, a run whose archive differs from what the store holds."""
+    target = _identity_target()
+    try:
+        held = json.loads(storage.read_bytes(target))
+    except storage.ProductError:
+        return  # a new store (or one written before identity records): nothing to compare
+    except ValueError as exc:
+        raise settings_check.SettingsError(
+            f"{target.path} is not a store identity record: {exc}") from None
+    wanted = store_identity()
+    if held != wanted:
+        def describe(identity: dict) -> str:
+            return ", ".join(f"{k} = {v}" for k, v in sorted(identity.items()))
+
+        raise settings_check.SettingsError(
+            f"store {settings().root} holds {describe(held)} but this run is configured for "
+            f"{describe(wanted)}: a store never mixes them; set [ztfluigi] root to another store")

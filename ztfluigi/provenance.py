@@ -20,7 +20,7 @@ import numpy as np
 from astropy.io import fits
 
 PIPELINE = "ZTFLUIGI"
-PACKAGES = ("ztfluigi", "numpy", "astropy", "fitsio", "luigi")
+PACKAGES = ("ztfluigi", "numpy", "astropy", "fitsio", "luigi", "sep", "numba", "scipy", "pyarrow")
 
 Card = tuple[str, object, str]
 

@@ -43,11 +43,19 @@ class NightParameter(luigi.DateParameter):
             ) from None
         return self.normalize(date)
 
-    def normalize(self, value: dt.date | dt.datetime | None) -> dt.date | None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("description", "UT date of the night, YYYY-MM-DD")
+        super().__init__(*args, **kwargs)
+
+    def normalize(self, value: dt.date | dt.datetime | str | None) -> dt.date | None:
         if value is None:
             return None
+        if isinstance(value, str):  # luigi.build([Task(date="2019-03-31")]) from Python
+            return self.parse(value)
         if isinstance(value, dt.datetime):
             value = value.date()
+        if not isinstance(value, dt.date):
+            raise InvalidParameter(f"date {value!r}: expected a datetime.date or 'YYYY-MM-DD'")
         today = dt.datetime.now(dt.UTC).date()
         if not FIRST_NIGHT <= value <= today:
             raise InvalidParameter(
@@ -130,6 +138,8 @@ class FilterParameter(luigi.Parameter):
     """A ZTF science filter code (zg, zr, zi), or '' for all where allowed."""
 
     def __init__(self, *args: object, allow_all: bool = False, **kwargs: object) -> None:
+        every = " ('' = all)" if allow_all else ""
+        kwargs.setdefault("description", f"ZTF filter: zg, zr or zi{every}")
         super().__init__(*args, **kwargs)
         self.allow_all = allow_all
 
@@ -143,6 +153,10 @@ class FilterParameter(luigi.Parameter):
 
 class ImgTypeParameter(luigi.Parameter):
     """An IRSA image type: object, bias or flat."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("description", "IRSA image type: object, bias or flat")
+        super().__init__(*args, **kwargs)
 
     def normalize(self, value: str | None) -> str | None:
         if value is not None and value not in ("object", "bias", "flat"):

@@ -36,6 +36,7 @@ class RawIndex(progress.OneLineFailures, luigi.Task):
         return storage.get_target(config.settings().raw_url(naming.rawindex_relpath(self.date)))
 
     def run(self) -> None:
+        config.record_store_identity()
         archive = config.get_archive()
         table = archive.night_metadata(self.date)
         storage.write_parquet(
