@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import luigi
 
-from ztfluigi import fringes, raw, science, storage
+from ztfluigi import fringes, raw, storage
 from ztfluigi.naming import RawName
 from ztfluigi.provenance import PIPELINE, package_versions
 from ztfluigi.tasks import progress
@@ -127,14 +127,14 @@ class FringeModel(progress.OneLineFailures, luigi.Task):
               ) -> fringes.FringeModel:  # fmt: skip
         """Training maps of every quadrant (each raw file read once), then the modes."""
         maps: dict[int, list[fringes.FringeMap]] = {q: [] for q in range(1, 5)}
-        calibrations: dict[tuple[str, ...], science.Calibration] = {}
+        key, calibration = None, None  # one calibration in memory (≈300 MB at full size)
         for i, (rawname, (match, tasks)) in enumerate(zip(rawnames, matched, strict=True)):
-            key = tuple(t.output().path for t in tasks)
-            if key not in calibrations:
-                calibrations[key] = load_calibration(match, tasks)
+            paths = tuple(t.output().path for t in tasks)
+            if paths != key:  # exposures come in time order: calibrations change by night
+                key, calibration = paths, load_calibration(match, tasks)
             ccd = raw.read_raw(storage.read_bytes(raw_target(rawname).path), rawname.filename)
             for qid in range(1, 5):
-                sci = science_quadrant(ccd, rawname, qid, calibrations[key])  # uncorrected
+                sci = science_quadrant(ccd, rawname, qid, calibration)  # uncorrected
                 maps[qid].append(fringes.fringe_map(sci.data, sci.mask, rawname.filename))
             progress.report(self, i + 1, len(rawnames), "zi quadrants mapped")
         model = fringes.FringeModel(self.ccdid, nights[0], nights[-1])
