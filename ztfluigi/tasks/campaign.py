@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 
 import luigi
@@ -117,13 +118,17 @@ class NightListing:
         """Base names of every file under the night's directory (hidden temporaries excluded)."""
         if date not in self._names:
             url = self.night_dir(date)
-            fs = storage.get_target(url).fs.fsspec
+            target_fs = storage.get_target(url).fs
+            fs = target_fs.fsspec
             path = fs._strip_protocol(url)
-            fs.invalidate_cache(path)
-            try:
-                found = fs.find(path)
-            except (FileNotFoundError, NotADirectoryError):
-                found = []
+            if target_fs.is_local:  # names only: fsspec's find stats every file
+                found = [name for _, _, files in os.walk(path) for name in files]
+            else:
+                fs.invalidate_cache(path)
+                try:
+                    found = fs.find(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    found = []
             self.n_listings += 1
             names = {p.rstrip("/").rpartition("/")[2] for p in found}
             self._names[date] = {n for n in names if n and not n.startswith(".")}
