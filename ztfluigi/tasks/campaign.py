@@ -81,14 +81,6 @@ def catalogue_name(rawname: RawName, qid: int) -> str:
     return naming.science_quadrant_name(rawname, qid, "apcat.parquet", prefix="ztfin2p3")
 
 
-def night_catalogues(date: dt.date, spec: str, filtercode: str = "") -> list[str] | None:
-    """URLs of the catalogues the region selects in a night; None before its RawIndex exists."""
-    if not RawIndex(date=date).output().exists():
-        return None
-    return [catalog_target(r, q).path for r, q in selected_quadrants(night_index(date), spec,
-                                                                      filtercode)]  # fmt: skip
-
-
 def catalogue_night_dir(date: dt.date) -> str:
     """URL of a night's directory in the catalogue store: ``…/sci/YYYY/MMDD``."""
     probe = RawName(f"{date:%Y%m%d}000000", 0, "zg", 1, "o")
@@ -349,14 +341,6 @@ class ApertureCatalogCampaign(progress.OneLineFailures, luigi.Task):
     def complete(self) -> bool:
         st = self.state(stop_early=True)
         return not st.unknown and not st.incomplete
-
-    def output(self) -> list[storage.FsspecTarget]:
-        """The selected catalogues of the nights already indexed (for ``luigi`` tools)."""
-        out = []
-        for date in self.nights():
-            urls = night_catalogues(date, self.region, self.filtercode) or []
-            out += [storage.get_target(u) for u in urls]
-        return out
 
     def _build_kwargs(self) -> dict[str, object]:
         """Build each window on the scheduler this task runs on (luigid), else a fresh local one."""
