@@ -72,7 +72,7 @@ def main() -> None:
             "grid": n, "selected": meas.size, "stars": int(result.source_id.size),
             "measurements": result.n_measurements, "cells": int(result.dzp.size),
             "design": [s["design_rows"], s["design_columns"]], "nnz": s["design_nnz"],
-            "lsmr_itn": s["itn"], "iterations": result.iterations,
+            "lsmr_itn": s["itn"], "iterations": result.iterations, "free": result.n_free,
             "chi2_dof": round(result.chi2_dof, 4),
             "pull_std": round(float(np.std(resid / result.dzp_err)), 3),
             "rms_fit_minus_truth_mmag": round(1000 * float(np.sqrt(np.mean(resid**2))), 3),
