@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from ztfluigi import storage
 from ztfluigi.cli.status import status_table
-from ztfluigi.tasks import ApertureCatalog, RawIndex, calib, catalog, raw, science
+from ztfluigi.tasks import ApertureCatalog, RawIndex, calib, catalog, ipac, raw, science
 
 DATE = dt.date(2019, 3, 31)
 
@@ -39,8 +39,9 @@ def _touch(target: storage.FsspecTarget) -> None:
 def stub_pixel_work() -> None:
     """Replace every pixel-producing step with writing an empty product (bench only)."""
     raw.fetch_raw = lambda rawname, target: _touch(target)
-    for cls in (calib.MasterBias, calib.MasterFlat, calib.FocalPlaneLevel):
+    for cls in (calib.MasterBias, calib.MasterFlat, calib.FocalPlaneLevel, ipac.IpacHeaders):
         cls.run = lambda self: _touch(self.output())
+    ipac.IpacMasks.run_branches = lambda self, todo: [_touch(self.branch_output(b)) for b in todo]
 
     def build(task, date, ccdid, filtercode, todo):  # noqa: ANN001, ANN202 - same as the real one
         yield from science.calibration_tasks(date, ccdid, filtercode)

@@ -11,6 +11,8 @@ import datetime as dt
 
 import luigi
 import luigi.configuration
+import pyarrow as pa
+from astropy.io import fits
 from luigi.execution_summary import LuigiRunResult, LuigiStatusCode
 
 from ztfluigi.sim import schedule
@@ -55,3 +57,28 @@ def night_without_calibration() -> dt.date:
     dates = (DEMO_DATE + dt.timedelta(days=i) for i in range(60))
     cfg = schedule.SimConfig(calib_gaps=True)
     return next(d for d in dates if not schedule.calibration_plan(cfg, d).bias)
+
+
+def reference_metaheader(headers: list[fits.Header], drop: tuple[str, ...] = ()) -> pa.Table:
+    """A ``metaheader_{YYYYMM}.parquet`` as the reference stores it (reference_pipeline.md §5.3):
+    one column per keyword, each value the card's FITS value string, no comments, no commentary
+    cards, null where a row lacks the card; SCAMPPTH damaged as the reference finds it ("'")."""
+    keys: list[str] = []
+    rows = []
+    for header in headers:
+        row = {}
+        for card in header.cards:
+            if card.keyword in ("HISTORY", "COMMENT", "") or card.keyword in drop:
+                continue
+            image = card.image
+            value = image[10:]
+            if value.lstrip().startswith("'"):
+                end = value.index("'", value.index("'") + 1)
+                value = value[: end + 1]
+            else:
+                value = value.split("/")[0]
+            row[card.keyword] = "'" if card.keyword == "SCAMPPTH" else value.strip()
+            if card.keyword not in keys:
+                keys.append(card.keyword)
+        rows.append(row)
+    return pa.table({k: pa.array([r.get(k) for r in rows], pa.string()) for k in keys})

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 
-from tests.helpers import DEMO_DATE, luigi_settings
+from tests.helpers import DEMO_DATE, luigi_settings, reference_metaheader
+from ztfluigi import ipac
 from ztfluigi.archive.server import DATA_PREFIX, SEARCH_PREFIX, IrsaServer
 from ztfluigi.archive.sim import SimArchive
 from ztfluigi.sim.schedule import SimConfig
@@ -155,11 +156,22 @@ def test_catalogues_rebuild_offline_from_the_stores(runs, tmp_path):
     assert all(after[rel].equals(before[rel]) for rel in before)
 
 
-def test_a_ztfdata_mirror_with_ipac_files_needs_no_download(runs, tmp_path):
+@pytest.mark.parametrize("headers", ["ipacheader", "reference metaheader"])
+def test_a_ztfdata_mirror_with_ipac_files_needs_no_download(runs, tmp_path, headers):
     """Raw files, the night index and the IPAC headers and masks in a ``$ZTFDATA``-layout
-    mirror (``raw_root``): a fresh product store is built with zero downloads."""
+    mirror (``raw_root``): a fresh product store is built with zero downloads. The headers may
+    be ztfluigi's tables or the reference pipeline's ``metaheader_{YYYYMM}.parquet``."""
     mirror, products = tmp_path / "ztfdata", tmp_path / "products"
-    for pattern in ("*.fits.fz", "*_rawindex.parquet", "*_ipacheader.parquet", "*_mskimg.fits*"):
+    patterns = ["*.fits.fz", "*_rawindex.parquet", "*_mskimg.fits*"]
+    if headers == "ipacheader":
+        patterns.append("*_ipacheader.parquet")
+    else:
+        (path,) = files(runs.http_root, "*_ipacheader.parquet").values()
+        table = pq.read_table(path)
+        (mirror / "meta" / "metaheader").mkdir(parents=True)
+        pq.write_table(reference_metaheader(ipac.headers_from_table(table)),
+                       mirror / "meta" / "metaheader" / f"metaheader_{DEMO_DATE:%Y%m}.parquet")
+    for pattern in patterns:
         for rel, path in files(runs.http_root, pattern).items():
             (mirror / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, mirror / rel)

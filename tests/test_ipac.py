@@ -11,7 +11,7 @@ import pytest
 from astropy.io import fits
 from astropy.io.fits.card import UNDEFINED
 
-from tests.helpers import DEMO_DATE
+from tests.helpers import DEMO_DATE, reference_metaheader
 from ztfluigi import fitschecksum, ipac
 from ztfluigi.archive.sim import SimArchive
 from ztfluigi.naming import parse_raw_filename
@@ -289,31 +289,6 @@ def test_damaged_csv_answers_are_refused(body, kwargs, message):
 
 
 # -- the reference pipeline's metaheader tables -------------------------------------------------
-
-
-def reference_metaheader(headers: list[fits.Header], drop: tuple[str, ...] = ()) -> pa.Table:
-    """A ``metaheader_{YYYYMM}.parquet`` as the reference stores it (reference_pipeline.md §5.3):
-    one column per keyword, each value the card's FITS value string, no comments, no commentary
-    cards, null where a row lacks the card; SCAMPPTH damaged as the reference finds it ("'")."""
-    keys: list[str] = []
-    rows = []
-    for header in headers:
-        row = {}
-        for card in header.cards:
-            if card.keyword in ("HISTORY", "COMMENT", "") or card.keyword in drop:
-                continue
-            image = card.image
-            value = image[10:]
-            if value.lstrip().startswith("'"):
-                end = value.index("'", value.index("'") + 1)
-                value = value[: end + 1]
-            else:
-                value = value.split("/")[0]
-            row[card.keyword] = "'" if card.keyword == "SCAMPPTH" else value.strip()
-            if card.keyword not in keys:
-                keys.append(card.keyword)
-        rows.append(row)
-    return pa.table({k: pa.array([r.get(k) for r in rows], pa.string()) for k in keys})
 
 
 def test_reference_metaheader_reads_as_a_header_table(sim_quadrants, tmp_path):

@@ -139,3 +139,8 @@ def ipacheader_relpath(date: dt.date, ccdid: int, filtercode: str) -> str:
 
 #: IPAC mask file names in the order the reference reads a ``$ZTFDATA`` mirror
 MASK_SUFFIXES = ("mskimg.fits.gz", "mskimg.fits")
+
+
+def metaheader_relpath(date: dt.date) -> str:
+    """The reference pipeline's monthly IPAC header table in a ``$ZTFDATA`` mirror."""
+    return f"meta/metaheader/metaheader_{date:%Y%m}.parquet"

@@ -157,15 +157,17 @@ def write_parquet(
 
 def read_parquet(
     target_or_url: FsspecTarget | str, columns: list[str] | None = None,
-    require_digest: bool = False,
+    require_digest: bool = False, filters: list | None = None,
 ) -> pa.Table:
     """Read a parquet product (optionally only ``columns``), verifying its page checksums and,
-    when reading every column, its digest (``require_digest``: the digest must be there).
+    when reading it whole, its digest (``require_digest``: the digest must be there);
+    ``filters``: pyarrow row filters (only matching row groups are read).
     :class:`ProductError` if missing, :class:`DamagedProduct` if it fails verification."""
     target = as_target(target_or_url)
     try:
         with target.fs.fsspec.open(target.path, "rb") as f:
-            table = pq.read_table(f, columns=columns, page_checksum_verification=True)
+            table = pq.read_table(f, columns=columns, filters=filters,
+                                  page_checksum_verification=True)  # fmt: skip
     except (FileNotFoundError, IsADirectoryError) as exc:
         raise ProductError(f"missing product: {target.path}", target.path) from exc
     except PermissionError as exc:
@@ -177,7 +179,8 @@ def read_parquet(
     expected = (table.schema.metadata or {}).get(DIGEST_KEY.encode())
     if expected is None and require_digest:
         raise DamagedProduct(f"damaged parquet product {target.path}: no digest", target.path)
-    if expected is not None and columns is None and table_digest(table).encode() != expected:
+    whole = columns is None and filters is None
+    if expected is not None and whole and table_digest(table).encode() != expected:
         raise DamagedProduct(f"damaged parquet product {target.path}: content differs from its "
                              "digest", target.path)  # fmt: skip
     return table

@@ -56,9 +56,39 @@ class IpacHeaders(progress.OneLineFailures, luigi.Task):
     def run(self) -> None:
         archive = config.get_archive()
         quadrants = _science_quadrants(self.date, self.ccdid, self.filtercode)
-        table = archive.fetch_science_headers(quadrants)
+        seeded = mirror_headers(self.date, quadrants)
+        rows = ipac.row_index(seeded) if seeded is not None else {}
+        missing = [(r, q) for r, q in quadrants
+                   if ipac.QuadrantKey.of(r, q).lookup() not in rows]  # fmt: skip
+        parts = [seeded] if seeded is not None else []
+        if missing or not parts:
+            parts.append(archive.fetch_science_headers(missing))
+        table = parts[0] if len(parts) == 1 else ipac.concat_tables(parts)
         storage.write_parquet(self.output(), table, metadata={
-            "ztfluigi.product": "IpacHeaders", "ztfluigi.archive": archive.name})  # fmt: skip
+            "ztfluigi.product": "IpacHeaders", "ztfluigi.archive": archive.name,
+            "ztfluigi.from_mirror": str(len(quadrants) - len(missing))})  # fmt: skip
+
+
+def mirror_headers(date: dt.date, quadrants: list[tuple[RawName, int]]) -> pa.Table | None:
+    """The quadrants' IPAC headers from a reference ``metaheader_{YYYYMM}.parquet`` in the raw
+    store (a ``$ZTFDATA`` mirror), as a header table; None when the mirror has none of them."""
+    url = config.settings().raw_url(naming.metaheader_relpath(date))
+    if not quadrants or not storage.get_target(url).exists():
+        return None
+    # IPAC's FILENAME card names the raw exposure file (``ztf_…_cCC_o.fits``); the reference
+    # stores card values as FITS value strings, quotes included
+    raws = {r.filename.removesuffix(".fz") for r, _ in quadrants}
+    names = sorted(raws | {f"'{n}'" for n in raws})
+    try:
+        month = storage.read_parquet(url, filters=[("FILENAME", "in", names)])
+    except storage.ProductError:
+        month = storage.read_parquet(url)  # no FILENAME column: quadrants from the night index
+    if month.num_rows == 0:
+        return None
+    table = ipac.from_metaheader(month, raw_index=night_index(date), name=url)
+    wanted = {ipac.QuadrantKey.of(r, q).lookup() for r, q in quadrants}
+    rows = [i for key, i in ipac.row_index(table).items() if key in wanted]
+    return table.take(sorted(rows)) if rows else None
 
 
 def mask_targets(rawname: RawName, qid: int) -> list[storage.FsspecTarget]:
