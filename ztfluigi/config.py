@@ -288,3 +288,27 @@ def check_store_identity() -> None:
         raise settings_check.SettingsError(
             f"store {settings().root} holds {describe(held)} but this run is configured for "
             f"{describe(wanted)}: a store never mixes them; set [ztfluigi] root to another store")
+
+
+def check_refcat() -> None:
+    """Refuse, before scheduling, a reference catalogue that cannot serve the archive's data:
+    the synthetic one with a real archive, or a ``refcat`` URL holding no HATS catalogue."""
+    section = settings()
+    if section.refcat == "sim":
+        if section.archive != "sim":
+            raise settings_check.SettingsError(
+                f"refcat = sim serves only archive = sim (archive = {section.archive}): set "
+                "[ztfluigi] refcat to a Gaia DR3 HATS catalogue or collection, e.g. "
+                "https://data.lsdb.io/hats/gaia_dr3 or a local copy")
+        return
+    _resolved_refcat(section.refcat)
+
+
+@functools.cache
+def _resolved_refcat(url: str) -> str:
+    from ztfluigi import refcat
+
+    try:
+        return refcat.resolve_catalog_url(url)
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise settings_check.SettingsError(f"refcat = {url}: {exc}") from None

@@ -284,6 +284,24 @@ def read_properties(url: str) -> dict[str, str]:
     raise FileNotFoundError(f"no HATS properties file under {url!r}")
 
 
+def resolve_catalog_url(url: str) -> str:
+    """The catalogue root of ``url``: itself when it holds ``hats.properties``/``properties``, or
+    the primary table of a HATS/LSDB *collection* (``collection.properties``:
+    ``hats_primary_table_url``, relative to the collection root unless absolute or remote)."""
+    fs, root = fsspec.core.url_to_fs(url)
+    if any(fs.exists(_join(root, name)) for name in ("hats.properties", "properties")):
+        return url
+    path = _join(root, "collection.properties")
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no HATS catalogue or collection under {url!r}")
+    primary = _parse_properties(fs.cat_file(path).decode("utf-8")).get("hats_primary_table_url")
+    if not primary:
+        raise FileNotFoundError(f"{url!r}: collection.properties has no hats_primary_table_url")
+    if "://" in primary or primary.startswith("/"):
+        return primary
+    return url.rstrip("/") + "/" + primary.strip("/")
+
+
 def catalog_exists(url: str) -> bool:
     """True when a store is complete: ``partition_info.csv`` and ``properties`` both exist.
 
@@ -481,7 +499,7 @@ class RefCatalog:
     Parameters
     ----------
     url : str
-        fsspec URL of the catalogue root.
+        fsspec URL of the catalogue root, or of a HATS/LSDB collection (its primary table).
     max_workers : int
         Threads used to read the partitions of one cone (helps on object stores).
     cache_mb : float
@@ -505,6 +523,7 @@ class RefCatalog:
     """
 
     def __init__(self, url: str, max_workers: int = 8, cache_mb: float = 256.0) -> None:
+        url = resolve_catalog_url(url)
         self.url = url
         self.fs, self.root = fsspec.core.url_to_fs(url)
         self.max_workers = max(1, int(max_workers))

@@ -61,7 +61,16 @@ def refcat_url(date: dt.date) -> str:
     return SimRefCatalog(date=date).catalog_url() if setting == "sim" else setting
 
 
-class ApertureCatalogUnit(BranchedUnit):
+class RefcatChecked:
+    """Mixin of the catalogue tasks: the reference catalogue is checked when the task is built
+    (before scheduling), not found unusable quadrant after quadrant."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        config.check_refcat()
+
+
+class ApertureCatalogUnit(RefcatChecked, BranchedUnit):
     """All aperture catalogues of one night, CCD and filter (one parquet per quadrant)."""
 
     date = NightParameter()
@@ -128,7 +137,7 @@ def build_catalogues(
             progress.report(task, done, len(todo), "quadrant catalogues")
 
 
-class ApertureCatalog(progress.OneLineFailures, luigi.Task):
+class ApertureCatalog(RefcatChecked, progress.OneLineFailures, luigi.Task):
     """Every aperture catalogue of a night (narrowed by CCD, filter, field): the entry point.
 
     Requires the catalogue units; complete when they are and so are the night's own stored
@@ -206,7 +215,7 @@ class ApertureCatalog(progress.OneLineFailures, luigi.Task):
         return reqs
 
 
-class QuadrantCatalog(QuadrantParameters, progress.OneLineFailures, luigi.Task):
+class QuadrantCatalog(RefcatChecked, QuadrantParameters, progress.OneLineFailures, luigi.Task):
     """The aperture catalogue of one science quadrant, addressable on its own."""
 
     def requires(self) -> list[luigi.Task]:
