@@ -128,3 +128,34 @@ def focal_plane_quadrants(
     fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03, label=f"{label} − 1 (%)")
     fig.savefig(out, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def starflat_pictures(
+    cells: Mapping[str, list], quadrants: Mapping[str, list], grid: tuple[int, int], tag: str,
+    stats: str,
+) -> dict[str, bytes]:
+    """The starflat's PNGs: δZP residual maps (focal-plane and per-quadrant normalisation, mmag)
+    and the fitted gain per quadrant (%), from its ``cells`` and ``quadrants`` tables."""
+    import io
+
+    from ztfluigi.starflat import gain_errors
+
+    where = (np.array(cells["ccdid"]), np.array(cells["qid"]), np.array(cells["ix"]),
+             np.array(cells["iy"]), grid)  # fmt: skip
+    pictures = {"residual_fp": ("dzp", "focal-plane normalisation (the pipeline's flats)"),
+                "residual_quadnorm": ("dzp_quadnorm", "flats normalised per quadrant")}  # fmt: skip
+    out = {}
+    for name, (column, what) in pictures.items():
+        buf = io.BytesIO()
+        focal_plane_cells(*where, 1000 * np.array(cells[column], dtype=float),
+                          f"{tag}: δZP, {what}\n{stats}", buf)  # fmt: skip
+        out[name] = buf.getvalue()
+    gain = np.array(quadrants["gain_rel_quadnorm"], dtype=float)
+    buf = io.BytesIO()
+    focal_plane_quadrants(
+        np.array(quadrants["ccdid"]), np.array(quadrants["qid"]), gain,
+        gain_errors(gain, np.array(quadrants["jump_err"])),
+        f"{tag}: fitted gain per quadrant (flats normalised per quadrant)", buf,
+    )  # fmt: skip
+    out["gain"] = buf.getvalue()
+    return out

@@ -845,3 +845,22 @@ TABLE_COLUMNS = {
     "n_exposures, iterations, residual_rms_mmag, solver (JSON)",
 }
 """Column descriptions of the product tables (also written into each parquet's metadata)."""
+
+
+def quadrant_flat_levels(
+    flats: Mapping[int, tuple[np.ndarray, float]], fltnorm_fp: Mapping[int, float]
+) -> dict[tuple[int, int], float]:
+    """Quadrant median of ``Fn × FLTNORM / FLTNORM_FP`` of each CCD's master flat: what a flat
+    normalised per quadrant divides out (the per-quadrant normalisation of the residual map)."""
+    levels = {}
+    for ccdid, (flat, fltnorm) in flats.items():
+        for q in range(1, 5):
+            rows, cols = camera.quadrant_slice(q, flat.shape)
+            median = np.nanmedian(np.asarray(flat[rows, cols], np.float64))
+            levels[(ccdid, q)] = float(median * fltnorm / fltnorm_fp[ccdid])
+    return levels
+
+
+def gain_errors(gain_percent: np.ndarray, jump_err_mag: np.ndarray) -> np.ndarray:
+    """Errors of the fitted gain per quadrant (%), from the quadrant jump's error (mag)."""
+    return np.asarray(gain_percent, float) * 0.4 * math.log(10) * np.asarray(jump_err_mag, float)

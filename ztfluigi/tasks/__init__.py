@@ -4,11 +4,13 @@ import warnings
 
 from ztfluigi.tasks.calib import FocalPlaneFlatImage, FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, QuadrantCatalog
+from ztfluigi.tasks.fringe import FringeModel
 from ztfluigi.tasks.ipac import IpacHeaders, IpacMasks
 from ztfluigi.tasks.ranges import ApertureCatalogRange
 from ztfluigi.tasks.raw import RawFile, RawFiles, RawIndex, RawNight
 from ztfluigi.tasks.science import ScienceQuadrant
 from ztfluigi.tasks.sim import SimRefCatalog, SimTruth
+from ztfluigi.tasks.starflat import StarflatFit
 
 # Luigi's RPC client reads luigi.cfg's [core] rpc-* keys itself, but its `core` Config class does
 # not declare them, so every worker would warn that they are unconsumed.
@@ -22,6 +24,7 @@ __all__ = [
     "ApertureCatalogUnit",
     "FocalPlaneFlatImage",
     "FocalPlaneLevel",
+    "FringeModel",
     "IpacHeaders",
     "IpacMasks",
     "MasterBias",
@@ -34,4 +37,5 @@ __all__ = [
     "ScienceQuadrant",
     "SimRefCatalog",
     "SimTruth",
+    "StarflatFit",
 ]

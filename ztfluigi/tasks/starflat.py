@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 from collections.abc import Iterator
 
 import luigi
-import numpy as np
 
-from ztfluigi import camera, config, naming, starflat, storage
+from ztfluigi import config, naming, starflat, storage
 from ztfluigi.provenance import package_versions
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.calib import MasterFlat, cal_target
@@ -91,21 +89,17 @@ class StarflatFit(progress.OneLineFailures, luigi.Task):
         return {c: t.output() for c, t in tasks.items()}
 
     def _quadrant_levels(self, tables: list, flats: dict) -> dict[tuple[int, int], float]:  # noqa: ANN001
-        """Quadrant median of ``Fn × FLTNORM / FLTNORM_FP`` for every quadrant with a flat."""
+        """Quadrant levels of the flats the catalogues used (their ``fltnorm_fp`` metadata)."""
         fp = {}
         for table in tables:
             meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
             if "fltnorm_fp" in meta:
                 fp[naming.parse_raw_filename(meta["raw_file"]).ccdid] = float(meta["fltnorm_fp"])
-        levels = {}
+        images = {}
         for ccdid, target in flats.items():
-            hdu = storage.read_fits(target)[0]
-            flat = np.asarray(hdu.data, np.float64)
-            norm = float(hdu.header["FLTNORM"])
-            for q in range(1, 5):
-                rows, cols = camera.quadrant_slice(q, flat.shape)
-                levels[(ccdid, q)] = float(np.nanmedian(flat[rows, cols]) * norm / fp[ccdid])
-        return levels
+            hdu = storage.read_fits(target, require_checksum=True)[0]
+            images[ccdid] = (hdu.data, float(hdu.header["FLTNORM"]))
+        return starflat.quadrant_flat_levels(images, fp)
 
 
 def write_products(
@@ -142,25 +136,10 @@ def write_products(
     stats = (f"χ²/dof {result.chi2_dof:.2f}, {result.source_id.size} stars, "
              f"{result.n_measurements} measurements, "
              f"cells {cfg.grid[0]}×{cfg.grid[1]}/quadrant")  # fmt: skip
-    cells = products["cells"].to_pydict()
-    args = (np.array(cells["ccdid"]), np.array(cells["qid"]), np.array(cells["ix"]),
-            np.array(cells["iy"]), cfg.grid)  # fmt: skip
-    pictures = {"residual_fp": ("dzp", "focal-plane normalisation (the pipeline's flats)"),
-                "residual_quadnorm": ("dzp_quadnorm", "flats normalised per quadrant")}  # fmt: skip
-    for name, (column, what) in pictures.items():
-        buf = io.BytesIO()
-        plots.focal_plane_cells(*args, 1000 * np.array(cells[column], dtype=float),
-                                f"{tag}: δZP, {what}\n{stats}", buf)  # fmt: skip
-        storage.write_bytes(out[name], buf.getvalue())
-    quads = products["quadrants"].to_pydict()
-    gain = np.array(quads["gain_rel_quadnorm"], dtype=float)
-    err = gain * 0.4 * np.log(10) * np.array(quads["jump_err"])
-    buf = io.BytesIO()
-    plots.focal_plane_quadrants(
-        np.array(quads["ccdid"]), np.array(quads["qid"]), gain, err,
-        f"{tag}: fitted gain per quadrant (flats normalised per quadrant)", buf,
-    )  # fmt: skip
-    storage.write_bytes(out["gain"], buf.getvalue())
+    pictures = plots.starflat_pictures(products["cells"].to_pydict(),
+                                       products["quadrants"].to_pydict(), cfg.grid, tag, stats)
+    for name, png in pictures.items():
+        storage.write_bytes(out[name], png)
     return result
 
 
