@@ -297,7 +297,7 @@ def test_credentials_never_appear_in_logs_errors_or_products(server, no_aws_env,
     assert "Sending http request" in client_logs and "Credential=***" in client_logs
     objects = [server.client().get_object(Bucket=name, Key=k)["Body"].read()
                for k in server.keys(name)]  # fmt: skip
-    assert len(objects) == 12  # RawIndex, 10 raw biases, the master bias
+    assert len(objects) == 13  # store identity, RawIndex, 10 raw biases, the master bias
     texts = {"client logs": client_logs, "all logs": caplog.text, "errors": "\n".join(errors),
              "reprs and parameters": "\n".join(public), "FITS header": header,
              "parquet metadata": metadata, "stdout/stderr": out + err}  # fmt: skip

@@ -13,6 +13,7 @@ then sets it aside (:func:`quarantine`) and builds it again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -43,11 +44,18 @@ class DamagedProduct(ProductError):
     """A stored product that fails verification (checksum, structure, truncation)."""
 
 
+@functools.cache
+def _write_error_type(os_error: type[OSError]) -> type[ProductError]:
+    """A ProductError that is also the OS error it reports (callers may catch either)."""
+    return type(f"Product{os_error.__name__}", (ProductError, os_error), {"__module__": __name__})
+
+
 def _write_error(target: FsspecTarget, exc: OSError) -> ProductError:
     """An OS error of a write (full disk, permissions…) as one line naming the product."""
-    reason = exc.strerror or type(exc).__name__
-    return ProductError(f"cannot write product {target.path}: {reason} (nothing was written "
-                        "under its name)", target.path)  # fmt: skip
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    return _write_error_type(type(exc))(
+        f"cannot write product {target.path}: {reason} (nothing was written under its name)",
+        target.path)  # fmt: skip
 
 
 def write_bytes(target: FsspecTarget, data: bytes) -> None:
