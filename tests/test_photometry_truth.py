@@ -21,7 +21,8 @@ from ztfluigi import camera, refcat
 from ztfluigi import photometry as ph
 from ztfluigi.sim import detector, gaia, ipac, psf, rawfile, schedule, sky
 
-DATE = dt.date(2019, 3, 31)
+#: a night before the pocket effect and one of the pocket era (issue #14: "on both nights")
+DATES = (dt.date(2019, 3, 31), dt.date(2020, 1, 15))
 SCALE = 4
 QUADRANTS = ((0, 6, 1), (0, 11, 3), (2, 1, 2), (2, 16, 4))  #: (zr exposure index, ccd, qid)
 BLANK_RADIUS = 12.0  #: px, the largest aperture
@@ -29,13 +30,14 @@ BLANK_LIGHT = 0.5  #: DN: a blank aperture holds less true star light than this
 BIAS_LIMIT = 3.0  #: DN per 12 px aperture (issue #14)
 
 
-def quadrant(cfg: schedule.SimConfig, exp: schedule.Exposure, ccdid: int, qid: int, seed: int):
+def quadrant(cfg: schedule.SimConfig, exp: schedule.Exposure, ccdid: int, qid: int, seed: int,
+             date: dt.date):  # fmt: skip
     """(image +n, image −n), mask, header, reference stars and the noise-free star light (DN,
     sky excluded) of one quadrant."""
     shape = camera.quadrant_shape(cfg.scale)
     cond = rawfile.conditions(exp)
-    amp = detector.amplifier(cfg.seed, ccdid, qid, DATE)
-    header = ipac.science_header(cfg, DATE, exp, ccdid, qid)
+    amp = detector.amplifier(cfg.seed, ccdid, qid, date)
+    header = ipac.science_header(cfg, date, exp, ccdid, qid)
     header["GAIN"] = amp.gain
     stars = sky.quadrant_stars(cfg.seed, exp, ccdid, qid, shape, cond.airmass)
     sky_e = sky.sky_electrons(exp, cond.airmass, cond.moon_illumination)
@@ -44,7 +46,7 @@ def quadrant(cfg: schedule.SimConfig, exp: schedule.Exposure, ccdid: int, qid: i
     rng = np.random.default_rng(seed)
     noise = np.sqrt(electrons + amp.read_noise**2) * rng.standard_normal(shape, dtype=np.float32)
     pair = [((electrons + s * noise) / np.float32(amp.gain)).astype(np.float32) for s in (1, -1)]
-    mask = ipac.mask(cfg, DATE, exp, ccdid, qid)
+    mask = ipac.mask(cfg, date, exp, ccdid, qid)
     ra, dec, radius = refcat.footprint_cone(WCS(header), shape, 30.0)
     cat = refcat.at_epoch(gaia.generate_cone(cfg.seed, ra, dec, radius), exp.obsjd - 2400000.5)
     light = ((electrons - np.float32(sky_e)) / np.float32(amp.gain)).astype(np.float32)
@@ -72,15 +74,16 @@ def blank_sum(image, mask, header, cat: pa.Table, x, y, spec: ph.PhotometrySpec)
     return float(np.mean(res["flux"][0][good]))
 
 
-@pytest.fixture(scope="module")
-def measured():
+@pytest.fixture(scope="module", params=DATES, ids=str)
+def measured(request):
+    date = request.param
     cfg = schedule.SimConfig(seed=0, scale=SCALE)
-    exposures = [e for e in schedule.night_log(cfg, DATE)
+    exposures = [e for e in schedule.night_log(cfg, date)
                  if e.imgtype == "object" and e.filtercode == "zr"]  # fmt: skip
     out = {"default": [], "reference": [], "truth": []}
     specs = {"default": ph.PhotometrySpec(), "reference": ph.PhotometrySpec.reference()}
     for n, (i, ccdid, qid) in enumerate(QUADRANTS):
-        pair, mask, header, cat, light = quadrant(cfg, exposures[i], ccdid, qid, n)
+        pair, mask, header, cat, light = quadrant(cfg, exposures[i], ccdid, qid, n, date)
         x, y, true = blank_positions(light)
         assert x.size > 500
         for name, spec in specs.items():

@@ -194,6 +194,10 @@ class sim(luigi.Config):  # noqa: N801
     fringes = luigi.BoolParameter(
         default=False, description="zi science exposures carry an additive fringe pattern"
     )
+    survey = luigi.BoolParameter(
+        default=False, description="survey-like science block: the real-grid fields that are up "
+        "each night (ztfluigi.sim.survey)",
+    )  # fmt: skip
 
     def sim_config(self) -> SimConfig:
         """These settings as the simulator's :class:`~ztfluigi.sim.schedule.SimConfig`."""
@@ -201,6 +205,7 @@ class sim(luigi.Config):  # noqa: N801
             seed=self.seed, scale=self.scale, n_fields=self.n_fields,
             calib_gaps=self.calib_gaps, weather_losses=self.weather_losses,
             starflat_dates=tuple(str(d) for d in self.starflat_dates), fringes=self.fringes,
+            survey=self.survey,
         )  # fmt: skip
 
 

@@ -131,15 +131,3 @@ def master_provenance(
     for i, name in enumerate(inputs, start=1):
         record.add(f"{input_key}{i:03d}"[:8], name, "input file")
     return record
-
-
-def provenance_header(
-    imgtype: str,
-    date: dt.date,
-    ccdid: int | None,
-    inputs: Sequence[str],
-    steps: Iterable[object] = (),
-    input_key: str = "INPUT",
-) -> fits.Header:
-    """Header cards of a master calibration (see :func:`master_provenance`)."""
-    return master_provenance(imgtype, date, ccdid, inputs, steps, input_key).header()

@@ -10,7 +10,7 @@ from ztfluigi import __version__
 
 #: Subcommand modules of this package; each defines ``add_parser(subparsers)`` that registers its
 #: parser and sets ``func`` (``args -> exit code``) as the parser default.
-SUBCOMMANDS: tuple[str, ...] = ("night", "status", "clean", "archive", "slurm")
+SUBCOMMANDS: tuple[str, ...] = ("night", "status", "clean", "plan", "archive", "slurm")
 
 
 def build_parser() -> argparse.ArgumentParser:

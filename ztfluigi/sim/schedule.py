@@ -50,6 +50,7 @@ class SimConfig:
     #: UT dates (YYYY-MM-DD) whose science block is a dithered starflat sequence per filter
     starflat_dates: tuple[str, ...] = ()
     fringes: bool = False  #: zi science exposures carry an additive fringe pattern
+    survey: bool = False  #: science block from ztfluigi.sim.survey (real-grid fields up that night)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.weather_losses <= 1.0:
@@ -169,6 +170,13 @@ def night_log(cfg: SimConfig, date: dt.date) -> list[Exposure]:
     if date.isoformat() in cfg.starflat_dates and not dome_closed(cfg, date):
         for exp in starflat_sequence(cfg, date, max(t, dusk), rng):
             add(**exp)
+        return exposures
+    if cfg.survey:
+        if not dome_closed(cfg, date):
+            from ztfluigi.sim import survey
+
+            for exp in survey.science_sequence(cfg, date, max(t, dusk), dawn, rng):
+                add(**exp)
         return exposures
     fields = [] if dome_closed(cfg, date) else _choose_fields(cfg, date, dusk, dawn, rng)
     for slot, field in enumerate(fields):

@@ -3,6 +3,7 @@
 import warnings
 
 from ztfluigi.tasks.calib import FocalPlaneFlatImage, FocalPlaneLevel, MasterBias, MasterFlat
+from ztfluigi.tasks.campaign import ApertureCatalogCampaign, RegionCatalogUnit, RegionNight
 from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, QuadrantCatalog
 from ztfluigi.tasks.fringe import FringeModel
 from ztfluigi.tasks.ipac import IpacHeaders, IpacMasks
@@ -20,6 +21,7 @@ warnings.filterwarnings(
 
 __all__ = [
     "ApertureCatalog",
+    "ApertureCatalogCampaign",
     "ApertureCatalogRange",
     "ApertureCatalogUnit",
     "FocalPlaneFlatImage",
@@ -34,6 +36,8 @@ __all__ = [
     "RawFiles",
     "RawIndex",
     "RawNight",
+    "RegionCatalogUnit",
+    "RegionNight",
     "ScienceQuadrant",
     "SimRefCatalog",
     "SimTruth",

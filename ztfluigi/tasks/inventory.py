@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import luigi
 
@@ -21,6 +22,8 @@ from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, catalog
 from ztfluigi.tasks.ipac import IpacHeaders, IpacMasks, mask_targets
 from ztfluigi.tasks.raw import RawFiles, RawIndex, raw_target
 from ztfluigi.tasks.science import science_cache_targets
+
+T = TypeVar("T")
 
 #: Stored product kinds, in data-flow order (the rows of ``ztfluigi status``).
 KINDS = ("rawindex", "raw", "ipacheader", "mask", "bias", "flat", "focal_plane", "catalogue",
@@ -93,6 +96,11 @@ _BRANCHED: dict[type, Callable[[luigi.Task], Iterator[Product]]] = {
 }  # fmt: skip
 
 
+def _by_class(table: dict[type, T], task: luigi.Task) -> T | None:
+    """The entry of the task's class or of its nearest base (region-narrowed units)."""
+    return next((table[c] for c in type(task).__mro__ if c in table), None)
+
+
 def inventory(entry: luigi.Task) -> Inventory:
     """Every stored product under ``entry``'s requirements and the night inputs of its nights
     (calibrations of other nights, matched at run time, are not seen)."""
@@ -105,11 +113,11 @@ def inventory(entry: luigi.Task) -> Inventory:
         if task.task_id in seen:
             continue
         seen.add(task.task_id)
-        kind = _SINGLE_OUTPUT.get(type(task))
+        kind = _by_class(_SINGLE_OUTPUT, task)
         if kind:
             products.setdefault(task.output().path,
                                 Product(kind, task.output().path, task.date))  # fmt: skip
-        branched = _BRANCHED.get(type(task))
+        branched = _by_class(_BRANCHED, task)
         if branched:
             if RawIndex(date=task.date).output().exists():
                 products.update((p.url, p) for p in branched(task))
