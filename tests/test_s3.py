@@ -230,7 +230,7 @@ def test_s3_section_reaches_the_server_without_any_aws_environment(server, no_aw
         assert "key" not in fsspec.config.conf.get("s3", {})
     finally:
         config.install_store_settings()
-    assert sorted(server.keys(name)) == ["store/big", index_key]
+    assert sorted(server.keys(name)) == ["store/big", index_key, "store/ztfluigi-store.json"]
 
 
 # ------------------------------------------------------------------------------------------
