@@ -93,3 +93,16 @@ def test_bad_parameters_give_a_one_line_error_and_nonzero_exit(tmp_path, args, m
 def test_future_dates_are_refused():
     with pytest.raises(ValueError, match="outside the ZTF era"):
         RawIndex(date=dt.date.today() + dt.timedelta(days=400))
+
+
+def test_status_of_a_narrowed_night_counts_what_its_run_builds(luigi_store):
+    """One CCD and filter of a night with its own calibrations: the run builds the 16 CCDs'
+    master biases and flats of the filter for its focal-plane level, so status counts them."""
+    from ztfluigi.tasks import ApertureCatalog
+    from ztfluigi.tasks.inventory import inventory
+
+    assert build(RawIndex(date=DEMO_DATE)).status.name == "SUCCESS"
+    products = inventory(ApertureCatalog(date=DEMO_DATE, ccdid=2, filtercode="zr")).products
+    count = {k: sum(p.kind == k for p in products) for k in ("bias", "flat", "focal_plane")}
+    assert count == {"bias": 16, "flat": 16, "focal_plane": 1}
+    assert all("_000000_zr_c" in p.url for p in products if p.kind == "flat")

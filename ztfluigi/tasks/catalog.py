@@ -202,7 +202,7 @@ class ApertureCatalog(RefcatChecked, progress.OneLineFailures, luigi.Task):
                          IpacMasks(date=self.date, ccdid=c, filtercode=f))
         ]  # fmt: skip
         own = calmatch.own_calibrations(night_index(self.date), ccds, filters,
-                                        focal_plane=not self.ccdid)  # fmt: skip
+                                        focal_plane=True)  # fmt: skip
         for kind, ccdid, filtercode in own:
             if kind == "bias":
                 bias = MasterBias(date=self.date, ccdid=ccdid)
