@@ -256,6 +256,7 @@ def test_a_store_never_mixes_synthetic_and_real_data(tmp_path):
     for archive, seed in (("irsa", "0"), ("http://127.0.0.1:1", "0"), ("sim", "1")):
         settings = {"ztfluigi": {"root": str(tmp_path), "archive": archive},
                     "sim": {**sim, "seed": seed}}  # fmt: skip
+        luigi.task_register.Register.clear_instance_cache()  # built anew, so checked anew
         with luigi_settings(settings), pytest.raises(SettingsError) as info:
             RawIndex(date=DEMO_DATE + dt.timedelta(days=1))
         message = str(info.value)
