@@ -102,7 +102,12 @@ def test_status_of_a_narrowed_night_counts_what_its_run_builds(luigi_store):
     from ztfluigi.tasks.inventory import inventory
 
     assert build(RawIndex(date=DEMO_DATE)).status.name == "SUCCESS"
-    products = inventory(ApertureCatalog(date=DEMO_DATE, ccdid=2, filtercode="zr")).products
+    entry = ApertureCatalog(date=DEMO_DATE, ccdid=2, filtercode="zr")
+    products = inventory(entry, count_run_calibrations=True).products
     count = {k: sum(p.kind == k for p in products) for k in ("bias", "flat", "focal_plane")}
     assert count == {"bias": 16, "flat": 16, "focal_plane": 1}
     assert all("_000000_zr_c" in p.url for p in products if p.kind == "flat")
+    # clean of the narrowed night touches only its CCD's calibrations
+    own = inventory(entry).products
+    assert {p.url for p in own if p.kind == "bias"} == {p.url for p in products
+                                                       if p.kind == "bias" and "_c02_" in p.url}

@@ -42,7 +42,7 @@ def status_table(entry_words: list[str], out: TextIO | None = None, verify: bool
 
     entry = entry_task(entry_words)
     start = time.monotonic()
-    inv = inventory.inventory(entry)
+    inv = inventory.inventory(entry, count_run_calibrations=True)
     listing = storage.ListingCache()
     exists = [listing.exists(p.url) for p in progress_bar(inv.products, "checking")]
     damaged = 0

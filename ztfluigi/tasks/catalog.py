@@ -185,6 +185,15 @@ class ApertureCatalog(RefcatChecked, progress.OneLineFailures, luigi.Task):
                                            strict=True) if t == "object"})  # fmt: skip
         return [] if self.field in fields else fields or [0]
 
+    def run_calibrations(self) -> list[luigi.Task]:
+        """What a narrowed night's run also builds: the focal-plane levels of its own calibration
+        night (and so the 16 CCDs' master flats and biases), for ``status`` to count."""
+        if not self.ccdid or not RawIndex(date=self.date).output().exists():
+            return []
+        _, filters = self._selection()
+        own = calmatch.own_calibrations(night_index(self.date), [], filters, focal_plane=True)
+        return [FocalPlaneLevel(date=self.date, filtercode=f) for _, _, f in own]
+
     def night_inputs(self) -> list[luigi.Task]:
         """The night's raw-file units and its own usable master calibrations with their raw frames.
 
@@ -202,7 +211,7 @@ class ApertureCatalog(RefcatChecked, progress.OneLineFailures, luigi.Task):
                          IpacMasks(date=self.date, ccdid=c, filtercode=f))
         ]  # fmt: skip
         own = calmatch.own_calibrations(night_index(self.date), ccds, filters,
-                                        focal_plane=True)  # fmt: skip
+                                        focal_plane=not self.ccdid)  # fmt: skip
         for kind, ccdid, filtercode in own:
             if kind == "bias":
                 bias = MasterBias(date=self.date, ccdid=ccdid)

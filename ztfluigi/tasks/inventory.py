@@ -101,9 +101,11 @@ def _by_class(table: dict[type, T], task: luigi.Task) -> T | None:
     return next((table[c] for c in type(task).__mro__ if c in table), None)
 
 
-def inventory(entry: luigi.Task) -> Inventory:
+def inventory(entry: luigi.Task, count_run_calibrations: bool = False) -> Inventory:
     """Every stored product under ``entry``'s requirements and the night inputs of its nights
-    (calibrations of other nights, matched at run time, are not seen)."""
+    (calibrations of other nights, matched at run time, are not seen). ``count_run_calibrations``
+    (``status``): also the focal-plane levels a narrowed night's run builds, with the 16 CCDs'
+    masters behind them (``clean`` leaves those out: they are not the narrowed CCD's)."""
     products: dict[str, Product] = {}
     unknown: list[str] = []
     seen: set[str] = set()
@@ -126,6 +128,8 @@ def inventory(entry: luigi.Task) -> Inventory:
         stack.extend(luigi.task.flatten(task.requires()))
         if isinstance(task, ApertureCatalog):
             stack.extend(task.night_inputs())
+            if count_run_calibrations:
+                stack.extend(task.run_calibrations())
     ordered = sorted(products.values(), key=lambda p: (KINDS.index(p.kind), p.night, p.url))
     return Inventory(ordered, sorted(unknown))
 
