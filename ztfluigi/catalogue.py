@@ -61,7 +61,9 @@ def quadrant_catalogue(
     photometry of every star (``photometry_spec``, recorded by it), with
     :func:`catalogue_metadata`."""
     ra, dec, radius = refcat.footprint_cone(WCS(sci.header), sci.data.shape, REFCAT_MARGIN_ARCSEC)
-    stars = refcat.at_epoch(catalogue.cone(ra, dec, radius), float(sci.header["OBSMJD"]))
+    # only the columns used: a real Gaia DR3 partition has 152 (unrequested chunks never read)
+    cone = catalogue.cone(ra, dec, radius, columns=[*photometry.GAIA_COLUMNS, "pmra", "pmdec"])
+    stars = refcat.at_epoch(cone, float(sci.header["OBSMJD"]))
     metadata = catalogue_metadata(sci, rawname, qid, calibration, refcat_name, archive_name,
                                   correction)  # fmt: skip
     table = photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars,

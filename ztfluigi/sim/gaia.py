@@ -322,6 +322,7 @@ def write_sim_catalog(
     pixels: Iterable[int],
     order: int = STORE_ORDER,
     row_group_rows: int = STORE_ROW_GROUP_ROWS,
+    creation_date: str | None = None,
 ) -> None:
     """Write the synthetic sky of some :data:`SIM_ORDER` pixels as a HATS catalogue.
 
@@ -339,6 +340,9 @@ def write_sim_catalog(
         generation pixels inside it. The stars, and so every cone, do not depend on it.
     row_group_rows : int
         Rows per parquet row group (see :func:`ztfluigi.refcat.write_catalog`).
+    creation_date : str, optional
+        ``hats_creation_date`` to record instead of the wall clock: a product rebuilt from the
+        same inputs is then byte-identical.
     """
     if not 0 <= int(order) <= SIM_ORDER:
         raise ValueError(f"store order must be in 0..{SIM_ORDER}, got {order}")
@@ -350,6 +354,7 @@ def write_sim_catalog(
             "ztfsim_seed": str(int(seed)),
             "ztfsim_generator": "ztfluigi.sim.gaia",
             "ztfsim_order": str(SIM_ORDER),
+            **({"hats_creation_date": creation_date} if creation_date else {}),
         },
         row_group_rows=row_group_rows,
     )

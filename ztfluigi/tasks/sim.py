@@ -43,7 +43,8 @@ class SimRefCatalog(progress.OneLineFailures, luigi.Task):
         archive = sim_archive()
         exposures = list(archive.exposures(self.date).values())
         pixels = truth.refcat_pixels(archive.config, exposures)
-        gaia.write_sim_catalog(self.catalog_url(), archive.config.seed, sorted(pixels))
+        gaia.write_sim_catalog(self.catalog_url(), archive.config.seed, sorted(pixels),
+                               creation_date=f"{self.date:%Y-%m-%d}T00:00UTC")  # fmt: skip
 
 
 class SimTruth(progress.OneLineFailures, luigi.Task):
