@@ -226,11 +226,18 @@ def install_store_settings() -> None:
 
 
 def processing_specs() -> ProcessingSpecs:
-    """The specs every step runs with under the current configuration (one place)."""
+    """The specs every step runs with under the current configuration (one place; built once
+    per configuration: it is asked for per quadrant)."""
     section = settings()
-    photometry = (PhotometrySpec.reference() if section.photometry == "reference"
-                  else PhotometrySpec())  # fmt: skip
-    return ProcessingSpecs(correction=CorrectionSpec(pocket=section.pocket), photometry=photometry)
+    return _processing_specs(section.pocket, section.photometry)
+
+
+@functools.lru_cache(maxsize=8)
+def _processing_specs(pocket: str, photometry: str) -> ProcessingSpecs:
+    return ProcessingSpecs(
+        correction=CorrectionSpec(pocket=pocket),
+        photometry=PhotometrySpec.reference() if photometry == "reference" else PhotometrySpec(),
+    )
 
 
 _checked: tuple | None = None  # the configuration stamp last found valid
@@ -280,7 +287,7 @@ def check_store_identity() -> None:
     target = _identity_target()
     try:
         held = json.loads(storage.read_bytes(target))
-    except storage.ProductError:
+    except storage.MissingProduct:
         return  # a new store (or one written before identity records): nothing to compare
     except ValueError as exc:
         raise settings_check.SettingsError(

@@ -30,6 +30,7 @@ from ztfluigi.storage.listing import ListingCache, bulk_exists, set_confirm_miss
 from ztfluigi.storage.products import (
     DIGEST_KEY,
     DamagedProduct,
+    MissingProduct,
     ProductError,
     quarantine,
     read_bytes,
@@ -51,6 +52,7 @@ __all__ = [
     "S3_MIN_PART_SIZE",
     "DIGEST_KEY",
     "DamagedProduct",
+    "MissingProduct",
     "FsspecFileSystem",
     "FsspecTarget",
     "ListingCache",

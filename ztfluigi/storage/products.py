@@ -44,6 +44,10 @@ class DamagedProduct(ProductError):
     """A stored product that fails verification (checksum, structure, truncation)."""
 
 
+class MissingProduct(ProductError):
+    """A product that does not exist (yet) under its name."""
+
+
 @functools.cache
 def _write_error_type(os_error: type[OSError]) -> type[ProductError]:
     """A ProductError that is also the OS error it reports (callers may catch either)."""
@@ -73,7 +77,7 @@ def read_bytes(target_or_url: FsspecTarget | str) -> bytes:
     try:
         return target.fs.fsspec.cat_file(target.path)
     except (FileNotFoundError, IsADirectoryError) as exc:
-        raise ProductError(f"missing product: {target.path}", target.path) from exc
+        raise MissingProduct(f"missing product: {target.path}", target.path) from exc
     except PermissionError as exc:
         raise ProductError(f"access denied to product {target.path}", target.path) from exc
 
@@ -177,7 +181,7 @@ def read_parquet(
             table = pq.read_table(f, columns=columns, filters=filters,
                                   page_checksum_verification=True)  # fmt: skip
     except (FileNotFoundError, IsADirectoryError) as exc:
-        raise ProductError(f"missing product: {target.path}", target.path) from exc
+        raise MissingProduct(f"missing product: {target.path}", target.path) from exc
     except PermissionError as exc:
         raise ProductError(f"access denied to product {target.path}", target.path) from exc
     except (pa.ArrowException, OSError) as exc:

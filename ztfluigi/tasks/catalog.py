@@ -32,7 +32,14 @@ from ztfluigi.tasks.parameters import (
     InvalidParameter,
     NightParameter,
 )
-from ztfluigi.tasks.raw import RawFile, RawFiles, RawIndex, night_index, read_stored_raw, select_raw
+from ztfluigi.tasks.raw import (
+    RawFile,
+    RawFiles,
+    RawIndex,
+    night_index,
+    read_stored_raw,
+    science_quadrants,
+)
 from ztfluigi.tasks.science import (
     QuadrantParameters,
     ScienceQuadrant,
@@ -93,8 +100,8 @@ class ApertureCatalogUnit(RefcatChecked, BranchedUnit):
 
     def branches(self) -> list[tuple[RawName, int]]:
         """(raw science file, qid) pairs of this unit (needs the RawIndex)."""
-        raws = select_raw(night_index(self.date), self.ccdid, "object", self.filtercode)
-        return [(r, q) for r in raws if self.field in (0, r.field) for q in range(1, 5)]
+        quadrants = science_quadrants(self.date, self.ccdid, self.filtercode)
+        return [(r, q) for r, q in quadrants if self.field in (0, r.field)]
 
     def branch_output(self, branch: tuple[RawName, int]) -> storage.FsspecTarget:
         return catalog_target(*branch)
@@ -165,25 +172,28 @@ class ApertureCatalog(RefcatChecked, progress.OneLineFailures, luigi.Task):
     def complete(self) -> bool:
         if not all(unit.complete() for unit in self.requires()):
             return False
-        if self.unobserved_field():
+        if self.field_not_observed():
             return False  # a field the night did not observe is a mistake, not an empty result
         return all(task.complete() for task in self.night_inputs())
 
     def run(self) -> Iterator[list[luigi.Task]]:
-        observed = self.unobserved_field()
-        if observed:
+        if self.field_not_observed():
+            observed = ", ".join(map(str, self.observed_fields())) or "none"
             raise InvalidParameter(f"field {self.field} has no science exposure on {self.date} "
-                                   f"(observed: {', '.join(map(str, observed))})")  # fmt: skip
+                                   f"(observed: {observed})")  # fmt: skip
         yield self.night_inputs()
 
-    def unobserved_field(self) -> list[int]:
-        """The night's observed fields when ``field`` is set and not among them (else [])."""
-        if not self.field or not RawIndex(date=self.date).output().exists():
-            return []
+    def observed_fields(self) -> list[int]:
+        """The fields of the night's science exposures (needs the RawIndex)."""
         index = night_index(self.date)
-        fields = sorted({f for f, t in zip(index["field"].to_pylist(), index["imgtype"].to_pylist(),
-                                           strict=True) if t == "object"})  # fmt: skip
-        return [] if self.field in fields else fields or [0]
+        return sorted({f for f, t in zip(index["field"].to_pylist(), index["imgtype"].to_pylist(),
+                                         strict=True) if t == "object"})  # fmt: skip
+
+    def field_not_observed(self) -> bool:
+        """Whether ``field`` is set and the night, once indexed, has no exposure of it."""
+        if not self.field or not RawIndex(date=self.date).output().exists():
+            return False
+        return self.field not in self.observed_fields()
 
     def run_calibrations(self) -> list[luigi.Task]:
         """What a narrowed night's run also builds: the focal-plane levels of its own calibration

@@ -27,15 +27,8 @@ from ztfluigi import config, ipac, naming, storage
 from ztfluigi.naming import RawName
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.parameters import CcdParameter, FilterParameter, NightParameter
-from ztfluigi.tasks.raw import RawIndex, night_index, select_raw
+from ztfluigi.tasks.raw import RawIndex, night_index, science_quadrants
 from ztfluigi.tasks.workflow import BranchedUnit
-
-
-def _science_quadrants(
-    date: dt.date, ccdid: int, filtercode: str = ""
-) -> list[tuple[RawName, int]]:
-    raws = select_raw(night_index(date), ccdid, "object", filtercode)
-    return [(r, q) for r in raws for q in range(1, 5)]
 
 
 class IpacHeaders(progress.OneLineFailures, luigi.Task):
@@ -55,7 +48,7 @@ class IpacHeaders(progress.OneLineFailures, luigi.Task):
 
     def run(self) -> None:
         archive = config.get_archive()
-        quadrants = _science_quadrants(self.date, self.ccdid, self.filtercode)
+        quadrants = science_quadrants(self.date, self.ccdid, self.filtercode)
         seeded = mirror_headers(self.date, quadrants)
         rows = ipac.row_index(seeded) if seeded is not None else {}
         missing = [(r, q) for r, q in quadrants
@@ -113,7 +106,7 @@ class IpacMasks(BranchedUnit):
         return self.input().exists()
 
     def branches(self) -> list[tuple[RawName, int]]:
-        return _science_quadrants(self.date, self.ccdid, self.filtercode)
+        return science_quadrants(self.date, self.ccdid, self.filtercode)
 
     def branch_output(self, branch: tuple[RawName, int]) -> storage.FsspecTarget:
         return mask_targets(*branch)[0]
@@ -151,11 +144,14 @@ def stored_header(rawname: RawName, qid: int) -> fits.Header:
 def stored_mask(rawname: RawName, qid: int, shape: tuple[int, int]) -> np.ndarray:
     """A quadrant's IPAC mask from the raw store, verified (structure, shape, IPAC bits);
     :class:`~ztfluigi.storage.DamagedProduct` naming the file when it fails."""
-    listing = storage.ListingCache()
-    for target in mask_targets(rawname, qid):
-        if listing.exists(target.path):
-            try:
-                return ipac.read_mask(storage.read_bytes(target), target.path, shape)
-            except ipac.IpacError as exc:
-                raise storage.DamagedProduct(f"damaged IPAC mask {exc}", target.path) from None
-    raise storage.ProductError(f"missing product: {mask_targets(rawname, qid)[0].path}")
+    targets = mask_targets(rawname, qid)
+    for target in targets:  # read in order; no directory listing per quadrant
+        try:
+            content = storage.read_bytes(target)
+        except storage.MissingProduct:
+            continue
+        try:
+            return ipac.read_mask(content, target.path, shape)
+        except ipac.IpacError as exc:
+            raise storage.DamagedProduct(f"damaged IPAC mask {exc}", target.path) from None
+    raise storage.MissingProduct(f"missing product: {targets[0].path}", targets[0].path)

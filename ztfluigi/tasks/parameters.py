@@ -64,52 +64,60 @@ class NightParameter(luigi.DateParameter):
         return value
 
 
-def _whole(name: str, value: int | str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"{name} {value!r} is not a whole number") from None
+class _IdParameter(luigi.IntParameter):
+    """A whole-number id: parsed and normalised to int, then checked by :meth:`check`."""
+
+    name = "id"
+
+    def parse(self, s: str) -> int:
+        return self._whole(s)
+
+    def normalize(self, value: int | str | None) -> int | None:
+        if value is None:
+            return None
+        value = self._whole(value)
+        self.check(value)
+        return value
+
+    def _whole(self, value: int | str) -> int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidParameter(f"{self.name} {value!r} is not a whole number") from None
+
+    def check(self, value: int) -> None:
+        """Raise :class:`InvalidParameter` when ``value`` is not a valid id."""
 
 
-class CcdParameter(luigi.IntParameter):
+class CcdParameter(_IdParameter):
     """A CCD id, 1–16 (or 0 for all, where allowed)."""
+
+    name = "ccdid"
 
     def __init__(self, *args: object, allow_all: bool = False, **kwargs: object) -> None:
         kwargs.setdefault("description", "CCD id 1-16" + (" (0 = all 16)" if allow_all else ""))
         super().__init__(*args, **kwargs)
         self.allow_all = allow_all
 
-    def parse(self, s: str) -> int:
-        return _whole("ccdid", s)
-
-    def normalize(self, value: int | str | None) -> int | None:
-        if value is None:
-            return None
-        value = _whole("ccdid", value)
+    def check(self, value: int) -> None:
         if not (1 <= value <= 16 or (value == 0 and self.allow_all)):
             raise InvalidParameter(f"ccdid {value} is not a ZTF CCD id (1-16)")
-        return value
 
 
-class FieldParameter(luigi.IntParameter):
+class FieldParameter(_IdParameter):
     """A ZTF field id of the real field grid, or 0 for all fields."""
+
+    name = "field"
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("default", 0)
         kwargs.setdefault("description", "only this ZTF field (0 = all)")
         super().__init__(*args, **kwargs)
 
-    def parse(self, s: str) -> int:
-        return _whole("field", s)
-
-    def normalize(self, value: int | str | None) -> int | None:
-        if value is None:
-            return None
-        value = _whole("field", value)
+    def check(self, value: int) -> None:
         if value and value not in _field_ids():
             raise InvalidParameter(f"field {value} is not in the ZTF field grid "
                                    f"({min(_field_ids())}-{max(_field_ids())})")  # fmt: skip
-        return value
 
 
 @functools.cache
@@ -119,19 +127,14 @@ def _field_ids() -> frozenset[int]:
     return frozenset(int(i) for i in ztf_fields()["id"])
 
 
-class QidParameter(luigi.IntParameter):
+class QidParameter(_IdParameter):
     """A quadrant id, 1–4."""
 
-    def parse(self, s: str) -> int:
-        return _whole("qid", s)
+    name = "qid"
 
-    def normalize(self, value: int | str | None) -> int | None:
-        if value is None:
-            return None
-        value = _whole("qid", value)
+    def check(self, value: int) -> None:
         if not 1 <= value <= 4:
             raise InvalidParameter(f"qid {value} is not a ZTF quadrant id (1-4)")
-        return value
 
 
 class FilterParameter(luigi.Parameter):

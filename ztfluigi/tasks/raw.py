@@ -65,6 +65,12 @@ def select_raw(index: pa.Table, ccdid: int, imgtype: str, filtercode: str = "") 
     return [naming.parse_raw_filename(f) for f in rows["filename"].to_pylist()]
 
 
+def science_quadrants(date: object, ccdid: int, filtercode: str = "") -> list[tuple[RawName, int]]:
+    """(raw science file, qid) of every science quadrant of a night, CCD (and filter)."""
+    raws = select_raw(night_index(date), ccdid, "object", filtercode)
+    return [(r, q) for r in raws for q in range(1, 5)]
+
+
 def raw_target(rawname: RawName) -> storage.FsspecTarget:
     """Where a raw file lives in the raw store (the IRSA tree)."""
     return storage.get_target(config.settings().raw_url(rawname.relpath))
