@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import fitsio
 import numpy as np
 from astropy.io import fits
 
-from ztfluigi import camera, fitschecksum
+from ztfluigi import camera, fitschecksum, ipac
 
 N_HDU = 9  #: primary + 4 quadrants + 4 overscans
+HEADER_PROBE = 4 * fitschecksum.BLOCK  #: first read of a primary header (a raw one: 3 blocks)
 _SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
@@ -76,3 +78,26 @@ def verify_raw(content: bytes, name: str = "raw file") -> RawCCD:
     if not all(np.isfinite(ccd.data[q]).all() for q in ccd.data):
         raise RawFileError(f"{name}: non-finite pixel values")
     return ccd
+
+
+def read_primary_header(
+    read: Callable[[int, int], bytes], name: str = "raw file", probe: int = HEADER_PROBE
+) -> fits.Header:
+    """The primary header of a FITS file from ranged reads ``read(start, end)`` of its first
+    blocks (``probe`` bytes, doubled until the END card): a raw file's header without reading
+    its 4-20 MB of pixels. Parsed strictly; RawFileError naming ``name`` when damaged."""
+    buf = b""
+    while True:
+        chunk = read(len(buf), probe)
+        buf += chunk
+        try:
+            if len(buf) >= 9 and not buf.startswith(b"SIMPLE  ="):
+                raise ipac.IpacError(f"{name}: not a FITS file")
+            end = ipac.header_end(buf, name)
+            if end is not None:
+                return ipac.parse_header(buf[: ipac.header_size(end)], name)
+        except ipac.IpacError as exc:
+            raise RawFileError(str(exc)) from None
+        if len(buf) < probe:
+            raise RawFileError(f"{name}: FITS primary header has no END card ({len(buf)} bytes)")
+        probe *= 2

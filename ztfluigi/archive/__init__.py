@@ -4,7 +4,13 @@ An archive answers the questions the pipeline asks IRSA: the night's raw metadat
 ``raw`` table columns, plus the LED of each flat, which IRSA lacks and the client reads from the
 file's primary header), the bytes of one raw file, and the IPAC header and mask of a science
 quadrant. ``archive = sim`` is the synthetic instrument; the IRSA client and an IRSA-compatible
-server implement the same interface.
+server implement the same interface. ``archive = none`` asks nothing: a ``$ZTFDATA`` mirror's
+nights are indexed from its raw files' headers (:mod:`ztfluigi.archive.mirror`), as they are when
+an archive cannot be reached (:class:`ArchiveUnreachable`).
+
+A night's metadata has the columns of IRSA's ``raw`` table: :func:`header_columns` are the ones a
+raw file's name and primary header determine (IRSA's table and the simulator's agree with the
+files), :data:`DATABASE_COLUMNS` the ones only the archive's database assigns.
 
 The IPAC inputs of science quadrants are fetched once and stored (:mod:`ztfluigi.ipac`):
 :meth:`Archive.fetch_science_headers` gives the ``sciimg`` headers of many quadrants as one
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -35,10 +41,62 @@ RAW_METADATA_COLUMNS = (
     "moonillf", "moonesb", "telra", "teldec", "ccdrot", "ipac_pub_date", "meta_id",
 )  # fmt: skip
 EXTRA_COLUMNS = ("ledid", "filename")
+#: columns the archive's database assigns (quality bits, ids, seeing measured by IPAC, dates):
+#: no raw file carries them, so a night indexed from headers leaves them null
+DATABASE_COLUMNS = ("infobits", "itid", "ipac_gid", "seeing", "ccdrot", "ipac_pub_date", "meta_id")
+#: pyarrow types of the metadata columns (IRSA's ``raw`` table, then ztfluigi's additions)
+RAW_TYPES: dict[str, pa.DataType] = {
+    **{c: pa.int64() for c in ("infobits", "field", "ccdid", "fid", "nid", "expid", "itid",
+                               "filefracday", "ipac_gid", "meta_id", "ledid")},
+    **{c: pa.float64() for c in ("obsjd", "exptime", "seeing", "airmass", "moonillf", "moonesb",
+                                 "telra", "teldec", "ccdrot")},
+    **{c: pa.string() for c in ("filtercode", "imgtype", "imgtypecode", "obsdate",
+                                "ipac_pub_date", "filename")},
+}  # fmt: skip
 
 
 class ArchiveError(Exception):
     """A request the archive cannot serve (unknown file, unreachable server…): one-line message."""
+
+
+class ArchiveUnreachable(ArchiveError):
+    """No archive answered: the server could not be reached (connection refused, timeouts, only
+    5xx answers), or ``archive = none``. A night can still be indexed from a mirror's files."""
+
+
+def header_columns(raw: RawName, header: fits.Header) -> dict[str, object]:
+    """The metadata columns a raw file's name and primary header determine (every column but
+    :data:`DATABASE_COLUMNS`), as IRSA's ``raw`` table has them.
+
+    Identity columns come from the name (``fid`` 0 for biases and darks, ``expid`` =
+    ``nid·100000 + int(100000 × day fraction)``, ztf_formats.md §2.6); times and pointing from
+    the header: ``obsjd`` = ``OBSJD``, ``obsdate`` = ``SHUTOPEN`` (exposure start, ISO),
+    ``telra``/``teldec`` = ``TELRAD``/``TELDECD`` (deg); ``ledid`` = ``ILUM_LED`` of dome flats,
+    −1 otherwise (IRSA has no LED column). Raises ArchiveError when a card is missing.
+    """
+    nid = naming.night_id(raw.date)
+    try:
+        led = header.get("ILUM_LED", -1) if raw.imgtype == "flat" else -1
+        return {
+            "field": raw.field, "ccdid": raw.ccdid, "fid": naming.FILTER_IDS.get(raw.filtercode, 0),
+            "filtercode": raw.filtercode, "nid": nid,
+            "expid": nid * 100000 + int(raw.filefracday[8:13]), "imgtype": raw.imgtype,
+            "imgtypecode": raw.imgtypecode, "filefracday": int(raw.filefracday),
+            "obsdate": str(header["SHUTOPEN"]).replace("T", " ") + "+00",
+            "obsjd": float(header["OBSJD"]), "exptime": float(header["EXPTIME"]),
+            "airmass": float(header["AIRMASS"]), "moonillf": float(header["MOONILLF"]),
+            "moonesb": float(header["MOONESB"]), "telra": float(header["TELRAD"]),
+            "teldec": float(header["TELDECD"]),
+            "ledid": int(led) if isinstance(led, int | float) else -1, "filename": raw.filename,
+        }  # fmt: skip
+    except KeyError as exc:
+        raise ArchiveError(f"{raw.filename}: primary header has no {exc.args[0]} card") from None
+
+
+def metadata_table(rows: Sequence[Mapping[str, object]]) -> pa.Table:
+    """Metadata rows as a typed table of RAW_METADATA_COLUMNS + EXTRA_COLUMNS (missing: null)."""
+    return pa.table({c: pa.array([r.get(c) for r in rows], RAW_TYPES[c])
+                     for c in RAW_METADATA_COLUMNS + EXTRA_COLUMNS})  # fmt: skip
 
 
 class MaskFile(NamedTuple):
@@ -105,8 +163,13 @@ def get_archive(spec: str, sim: SimConfig | None = None) -> Archive:
     """The archive named by the ``[ztfluigi] archive`` setting.
 
     ``sim``: the synthetic instrument with the ``[sim]`` settings ``sim``; ``irsa``:
-    IRSA itself; ``http(s)://host:port``: an IRSA-compatible server (``ztfluigi archive serve``).
+    IRSA itself; ``http(s)://host:port``: an IRSA-compatible server (``ztfluigi archive serve``);
+    ``none``: no archive (a ``$ZTFDATA`` mirror's files are all there is).
     """
+    if spec == "none":
+        from ztfluigi.archive.mirror import NoArchive
+
+        return NoArchive()
     if spec == "sim":
         from ztfluigi.archive.sim import SimArchive
         from ztfluigi.sim.schedule import SimConfig
@@ -117,6 +180,6 @@ def get_archive(spec: str, sim: SimConfig | None = None) -> Archive:
 
         return IrsaArchive(IRSA_URL if spec == "irsa" else spec)
     raise ArchiveError(
-        f"unknown archive {spec!r}: expected 'sim', 'irsa' or the http(s)://host:port of an "
-        "IRSA-compatible server"
+        f"unknown archive {spec!r}: expected 'sim', 'irsa', 'none' or the http(s)://host:port of "
+        "an IRSA-compatible server"
     )

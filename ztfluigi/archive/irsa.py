@@ -61,7 +61,15 @@ from astropy.io import fits
 
 from ztfluigi import fitschecksum, ipac, naming
 from ztfluigi import raw as raw_io
-from ztfluigi.archive import RAW_METADATA_COLUMNS, Archive, ArchiveError, MaskFile, query
+from ztfluigi.archive import (
+    RAW_METADATA_COLUMNS,
+    RAW_TYPES,
+    Archive,
+    ArchiveError,
+    ArchiveUnreachable,
+    MaskFile,
+    query,
+)
 from ztfluigi.naming import RawName
 
 logger = logging.getLogger(__name__)
@@ -84,15 +92,6 @@ MASK_SUFFIXES = ("mskimg.fits", "mskimg.fits.gz")
 #: cards describing a file's layout rather than the quadrant (dropped from returned headers)
 _LAYOUT_KEYS = re.compile(r"^(SIMPLE|BITPIX|NAXIS\d*|EXTEND|BZERO|BSCALE)$")
 
-#: pyarrow types of IRSA's ``raw`` table columns
-RAW_TYPES: dict[str, pa.DataType] = {
-    **{c: pa.int64() for c in ("infobits", "field", "ccdid", "fid", "nid", "expid", "itid",
-                               "filefracday", "ipac_gid", "meta_id")},
-    **{c: pa.float64() for c in ("obsjd", "exptime", "seeing", "airmass", "moonillf", "moonesb",
-                                 "telra", "teldec", "ccdrot")},
-    **{c: pa.string() for c in ("filtercode", "imgtype", "imgtypecode", "obsdate",
-                                "ipac_pub_date")},
-}  # fmt: skip
 
 _semaphores: dict[str, threading.BoundedSemaphore] = {}
 _semaphores_lock = threading.Lock()
@@ -173,7 +172,15 @@ def default_credentials(host: str, ztfquery_file: str = "~/.ztfquery") -> Creden
 
 
 class _Retry(Exception):
-    """A transient failure (5xx, timeout, dropped connection, bad body): try again."""
+    """A transient failure (5xx, timeout, dropped connection, bad body): try again.
+
+    ``unreachable``: no usable answer came back (transport failure, 5xx/408/429), as opposed to
+    a damaged answer; when every attempt ends so, the archive is :class:`ArchiveUnreachable`.
+    """
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class _AuthError(ArchiveError):
@@ -313,10 +320,14 @@ class IrsaArchive(Archive):
                 ) as exc:
                     self._drop_connection()
                     if fresh or fresh_try:  # a reused keep-alive connection may have expired
-                        raise _Retry(type(exc).__name__ if secret else _describe(exc)) from None
+                        raise _Retry(
+                            type(exc).__name__ if secret else _describe(exc), unreachable=True
+                        ) from None
                 except (OSError, http.client.HTTPException) as exc:
                     self._drop_connection()
-                    raise _Retry(type(exc).__name__ if secret else _describe(exc)) from None
+                    raise _Retry(
+                        type(exc).__name__ if secret else _describe(exc), unreachable=True
+                    ) from None
             try:
                 announced = resp.getheader("Content-Length")
                 buf = bytearray()
@@ -331,12 +342,12 @@ class IrsaArchive(Archive):
                         break
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_connection()
-                raise _Retry(f"{_describe(exc)} after {len(buf)} bytes") from None
+                raise _Retry(f"{_describe(exc)} after {len(buf)} bytes", unreachable=True) from None
             if not complete or resp.will_close:
                 self._drop_connection()
         if complete and announced is not None and len(buf) != int(announced):
             self._drop_connection()
-            raise _Retry(f"truncated body: {len(buf)} of {announced} bytes")
+            raise _Retry(f"truncated body: {len(buf)} of {announced} bytes", unreachable=True)
         if not secret:
             logger.debug(
                 "GET %s%s -> %d, %d bytes in %.3f s",
@@ -406,7 +417,7 @@ class IrsaArchive(Archive):
         if resp.status in accept:
             return resp
         if resp.status >= 500 or resp.status in (408, 429):
-            raise _Retry(f"HTTP {resp.status} {resp.reason}")
+            raise _Retry(f"HTTP {resp.status} {resp.reason}", unreachable=True)
         if resp.status in (401, 403):
             hint = (
                 "credentials refused"
@@ -427,11 +438,12 @@ class IrsaArchive(Archive):
     def _retrying(self, what: str, attempt: Callable[[], _Response]) -> _Response:
         """Run ``attempt`` until it succeeds, backing off exponentially on transient failures."""
         last = ""
+        unreachable = False
         for k in range(1, self.attempts + 1):
             try:
                 return attempt()
             except _Retry as exc:
-                last = str(exc)
+                last, unreachable = str(exc), exc.unreachable
                 if k == self.attempts:
                     break
                 delay = min(self.backoff * 2 ** (k - 1), self.max_backoff)
@@ -444,9 +456,8 @@ class IrsaArchive(Archive):
                     delay,
                 )
                 time.sleep(delay)
-        raise ArchiveError(
-            f"{what}: failed after {self.attempts} attempts from {self.name} ({last})"
-        )
+        error = ArchiveUnreachable if unreachable else ArchiveError
+        raise error(f"{what}: failed after {self.attempts} attempts from {self.name} ({last})")
 
     def get(
         self,
@@ -683,7 +694,8 @@ def parse_metadata_csv(body: bytes, what: str = "metadata") -> pa.Table:
         return pa.table({c: pa.array([], RAW_TYPES[c]) for c in RAW_METADATA_COLUMNS})
     ipac.verify_csv(body, RAW_METADATA_COLUMNS, what, exact=False)
     options = pacsv.ConvertOptions(
-        column_types=RAW_TYPES, include_columns=list(RAW_METADATA_COLUMNS)
+        column_types={c: RAW_TYPES[c] for c in RAW_METADATA_COLUMNS},
+        include_columns=list(RAW_METADATA_COLUMNS),
     )
     try:
         table = pacsv.read_csv(io.BytesIO(body), convert_options=options)

@@ -9,13 +9,12 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 from astropy.io import fits
-from astropy.time import Time
 
 from ztfluigi import camera, naming
 from ztfluigi import ipac as ipac_io
-from ztfluigi.archive import EXTRA_COLUMNS, RAW_METADATA_COLUMNS, Archive, ArchiveError
+from ztfluigi.archive import Archive, ArchiveError, header_columns, metadata_table
 from ztfluigi.naming import RawName
-from ztfluigi.sim import ipac, rawfile
+from ztfluigi.sim import headers, ipac, rawfile
 from ztfluigi.sim.schedule import Exposure, SimConfig, night_log
 
 #: IRSA image-type ids used in the synthetic metadata (IRSA's real itid values are not documented)
@@ -40,33 +39,23 @@ class SimArchive(Archive):
             raise ArchiveError(f"{raw.filename}: no such raw file in the synthetic archive")
         return exp
 
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - archives live as long as the process
     def night_metadata(self, date: dt.date) -> pa.Table:
-        rows: dict[str, list] = {c: [] for c in RAW_METADATA_COLUMNS + EXTRA_COLUMNS}
+        """IRSA's table of the synthetic night: the columns a file's header determines are read
+        off the files' own primary headers (as IRSA's are), the database's are synthesised."""
+        rows = []
         nid = naming.night_id(date)
         for i, exp in enumerate(self.exposures(date).values()):
-            cond = rawfile.conditions(exp)
-            obsdate = Time(exp.obsjd, format="jd").iso + "+00"
-            expid = nid * 100000 + int(exp.filefracday[8:13])
+            header = headers.raw_primary_header(exp, 1)  # the same exposure cards on every CCD
+            database = {
+                "infobits": 0, "itid": ITID[exp.imgtype],
+                "ipac_gid": 1 if exp.imgtype == "object" else 0, "seeing": round(exp.seeing, 3),
+                "ccdrot": 0.0, "ipac_pub_date": f"{date + dt.timedelta(days=1)} 00:00:00+00",
+            }  # fmt: skip
             for ccdid in range(1, 17):
-                raw = exp.raw_name(ccdid)
-                values = {
-                    "infobits": 0, "field": exp.field, "ccdid": ccdid,
-                    "fid": naming.FILTER_IDS.get(exp.filtercode, 0), "filtercode": exp.filtercode,
-                    "nid": nid, "expid": expid, "itid": ITID[exp.imgtype], "imgtype": exp.imgtype,
-                    "imgtypecode": raw.imgtypecode, "filefracday": int(exp.filefracday),
-                    "obsdate": obsdate, "obsjd": exp.obsjd, "exptime": exp.exptime,
-                    "ipac_gid": 1 if exp.imgtype == "object" else 0,
-                    "seeing": round(exp.seeing, 3), "airmass": round(cond.airmass, 3),
-                    "moonillf": round(cond.moon_illumination, 6), "moonesb": 0.0,
-                    "telra": exp.ra, "teldec": exp.dec, "ccdrot": 0.0,
-                    "ipac_pub_date": f"{date + dt.timedelta(days=1)} 00:00:00+00",
-                    "meta_id": (nid * 10000 + i) * 100 + ccdid, "ledid": exp.led,
-                    "filename": raw.filename,
-                }  # fmt: skip
-                for key, value in values.items():
-                    rows[key].append(value)
-        types = {"filefracday": pa.int64(), "meta_id": pa.int64(), "obsjd": pa.float64()}
-        return pa.table({k: pa.array(v, type=types.get(k)) for k, v in rows.items()})
+                rows.append({**header_columns(exp.raw_name(ccdid), header), **database,
+                             "meta_id": (nid * 10000 + i) * 100 + ccdid})  # fmt: skip
+        return metadata_table(rows)
 
     def fetch_raw(self, raw: RawName) -> bytes:
         return rawfile.render_raw_file(self.config, raw.date, self._exposure(raw), raw.ccdid)

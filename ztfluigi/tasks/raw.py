@@ -4,18 +4,28 @@ A night holds ~5 000 raw files in production, too many for Luigi's scheduler as 
 (DESIGN.md §5): :class:`RawFiles` fetches one CCD's files of one kind as branches of a single
 task, complete when every branch output exists (one listing per directory). :class:`RawFile`
 keeps a single file addressable from the command line.
+
+A ``$ZTFDATA`` mirror (``raw_root``) needs no archive to be indexed: with ``archive = none``, or
+when the archive cannot be reached, :class:`RawIndex` reads the night from its raw files'
+headers (:mod:`ztfluigi.archive.mirror`); a read-only mirror's index goes under ``root``
+(:func:`rawindex_url`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import stat
 
 import luigi
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ztfluigi import config, naming, raw, storage
+from ztfluigi.archive import ArchiveUnreachable, mirror
 from ztfluigi.naming import RawName
+from ztfluigi.storage.urls import protocol_of
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.parameters import (
     CcdParameter,
@@ -26,6 +36,44 @@ from ztfluigi.tasks.parameters import (
 )
 from ztfluigi.tasks.workflow import BranchedUnit
 
+logger = logging.getLogger("luigi-interface")
+
+
+def _read_only_local(url: str) -> bool:
+    """Whether a local path cannot be created and written: its nearest existing directory is
+    on a read-only mount, not writable by this user, or carries no write permission bit at all
+    (a tree chmod'ed read-only is meant so, even for root, whom the bits do not stop)."""
+    path = os.path.abspath(os.path.expanduser(url.split("://", 1)[-1]))
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return True
+    return not (os.access(path, os.W_OK | os.X_OK) and mode & (stat.S_IWUSR | stat.S_IWGRP
+                                                               | stat.S_IWOTH))  # fmt: skip
+
+
+def rawindex_url(date: object) -> str:
+    """Where a night's RawIndex lives (the one place deciding it): in the raw store, next to
+    the raw files; under ``root`` when the raw store is a read-only local mirror without it
+    (the index is a product, not a raw file)."""
+    section = config.settings()
+    relpath = naming.rawindex_relpath(date)
+    in_raw = section.raw_url(relpath)
+    if not section.raw_root or section.raw_root == section.root:
+        return in_raw
+    if protocol_of(in_raw) not in ("file", "local") or not _read_only_local(
+        os.path.dirname(in_raw)
+    ):
+        return in_raw
+    if storage.get_target(in_raw).exists():  # a read-only mirror's own index
+        return in_raw
+    return storage.url_join(section.root, relpath)
+
 
 class RawIndex(progress.OneLineFailures, luigi.Task):
     """The night's raw-file metadata (IRSA ``raw`` table columns + LED), stored as parquet."""
@@ -33,17 +81,24 @@ class RawIndex(progress.OneLineFailures, luigi.Task):
     date = NightParameter(description="UT date of the night (YYYY-MM-DD)")
 
     def output(self) -> storage.FsspecTarget:
-        return storage.get_target(config.settings().raw_url(naming.rawindex_relpath(self.date)))
+        return storage.get_target(rawindex_url(self.date))
 
     def run(self) -> None:
         config.record_store_identity()
         archive = config.get_archive()
-        table = archive.night_metadata(self.date)
-        storage.write_parquet(
-            self.output(), table,
-            metadata={"ztfluigi.product": "RawIndex", "ztfluigi.date": self.date.isoformat(),
-                      "ztfluigi.archive": archive.name},
-        )  # fmt: skip
+        metadata = {"ztfluigi.product": "RawIndex", "ztfluigi.date": self.date.isoformat(),
+                    "ztfluigi.archive": archive.name}  # fmt: skip
+        try:
+            table = archive.night_metadata(self.date)
+            metadata["ztfluigi.source"] = "archive"
+        except ArchiveUnreachable as exc:
+            raw_root = config.settings().raw_root or config.settings().root
+            if archive.name != "none":
+                logger.warning("%s; indexing %s from the raw files' headers under %s",
+                               exc, self.date, raw_root)  # fmt: skip
+            table = mirror.night_metadata_from_headers(raw_root, self.date)
+            metadata["ztfluigi.source"] = "raw file headers"
+        storage.write_parquet(self.output(), table, metadata=metadata)
 
 
 @functools.lru_cache(maxsize=64)
