@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime as dt
 import random
 from pathlib import Path
@@ -162,3 +164,34 @@ def test_state_complete_and_status_from_stored_indexes(luigi_store: Path):
     assert "2019  zg           2        1           8         0         8" in text
     assert "2019  zi           2        0           0         0         0" in text
     assert "(1 night listings)" in text  # the night without selected quadrants is not listed
+
+
+def test_plan_from_the_night_log_equals_the_plan_from_stored_indexes(luigi_store: Path):
+    """The plan's vectorised counts (night log, memoised calibrations) match what the task path
+    reads: the stored RawIndex through ``selected_quadrants``, ``own_calibrations`` per night."""
+    from ztfluigi import calmatch, config, storage
+    from ztfluigi.tasks.raw import RawIndex
+
+    nights = [dt.date(2019, 10, 1) + dt.timedelta(days=i) for i in range(4)]
+    with luigi_settings({"sim": {"survey": "true", "calib_gaps": "true"}}):
+        entry = ApertureCatalogCampaign(start=nights[0], stop=nights[-1], region="toy")
+        from_log = plan_campaign(entry)
+        assert not any(n.indexed for n in from_log.nights)
+        archive = config.get_archive()
+        tables = {d: archive.night_metadata(d) for d in nights}
+        for d, table in tables.items():
+            storage.write_parquet(RawIndex(date=d).output(), table)
+        from_index = plan_campaign(entry)
+    assert all(n.indexed for n in from_index.nights)
+    for a, b in zip(from_log.nights, from_index.nights, strict=True):
+        assert dataclasses.replace(a, indexed=True) == b
+    for d, n in zip(nights, from_index.nights, strict=True):
+        for f in ("zg", "zr", "zi"):
+            assert n.quadrants.get(f, 0) == len(selected_quadrants(tables[d], "toy", f))
+        own = calmatch.own_calibrations(tables[d], range(1, 17), ["zg", "zr", "zi"],
+                                        focal_plane=True)  # fmt: skip
+        expect = collections.Counter(k for k, _, _ in own) if n.quadrants else {}
+        assert n.masters == dict(expect)
+    totals = from_log.totals()
+    assert totals["quadrants"]["zr"] > 1000 and totals["nights_with_selection"] >= 2
+    assert totals["masters"]["bias"] < 16 * totals["nights_with_selection"]  # calibration gaps

@@ -16,10 +16,11 @@ import datetime as dt
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 #: Measured costs at real size (1 core), each (low, high) with its source.
 COSTS: dict[str, tuple[float, float, str]] = {
@@ -54,91 +55,185 @@ class NightPlan:
     ipac: dict[str, int] = dataclasses.field(default_factory=dict)  #: header tables, masks
 
 
-def _sim_metadata(archive: object, date: dt.date) -> pa.Table:
-    """The columns the plan needs, from the synthetic night log (no per-file conditions)."""
-    from ztfluigi import naming
+@dataclasses.dataclass
+class NightRows:
+    """A night's raw files as columns, one row per CCD file (what the plan counts).
 
-    rows: dict[str, list] = collections.defaultdict(list)
-    for exp in archive.exposures(date).values():  # type: ignore[attr-defined]
-        ffd, code = exp.filefracday, naming.IMGTYPE_CODES[exp.imgtype]
-        stem = f"ztf_{ffd}_{exp.field:06d}_{exp.filtercode}_c"
-        rows["imgtype"] += [exp.imgtype] * 16
-        rows["filtercode"] += [exp.filtercode] * 16
-        rows["field"] += [exp.field] * 16
-        rows["ccdid"] += list(range(1, 17))
-        rows["obsjd"] += [exp.obsjd] * 16
-        rows["ledid"] += [exp.led] * 16
-        rows["filename"] += [f"{stem}{c:02d}_{code}.fits.fz" for c in range(1, 17)]
-    types = {"imgtype": pa.string(), "filtercode": pa.string(), "field": pa.int64(),
-             "ccdid": pa.int64(), "obsjd": pa.float64(), "ledid": pa.int64(),
-             "filename": pa.string()}  # fmt: skip
-    return pa.table({k: pa.array(rows[k], type=t) for k, t in types.items()})
+    File names are made only for the rows asked (:meth:`filenames`): a plan over a fresh store
+    needs none, and a survey night has ≈ 14,000 files.
+    """
+
+    imgtype: np.ndarray
+    filtercode: np.ndarray
+    field: np.ndarray
+    ccdid: np.ndarray
+    obsjd: np.ndarray
+    ledid: np.ndarray | None  #: None when the metadata have no LED column
+    filenames: Callable[[np.ndarray], list[str]]  #: names of the rows at these positions
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> NightRows:
+        """From a RawIndex (or the archive's night metadata)."""
+
+        def col(name: str) -> np.ndarray:
+            return table[name].to_numpy(zero_copy_only=False)
+
+        has_led = "ledid" in table.column_names
+        return cls(col("imgtype"), col("filtercode"), col("field"), col("ccdid"), col("obsjd"),
+                   col("ledid") if has_led else None,
+                   lambda rows: table["filename"].take(pa.array(rows)).to_pylist())  # fmt: skip
+
+    @classmethod
+    def from_exposures(cls, exposures: list) -> NightRows:
+        """From the synthetic night log: every exposure reads the 16 CCDs."""
+        from ztfluigi import camera
+
+        n_ccd = camera.N_CCD
+
+        def col(attr: str, dtype: type) -> np.ndarray:
+            return np.repeat(np.array([getattr(e, attr) for e in exposures], dtype=dtype), n_ccd)
+
+        def filenames(rows: np.ndarray) -> list[str]:
+            return [exposures[i // n_ccd].raw_name(i % n_ccd + 1).filename for i in rows.tolist()]
+
+        ccdid = np.tile(np.arange(1, n_ccd + 1), len(exposures))
+        return cls(col("imgtype", str), col("filtercode", str), col("field", int), ccdid,
+                   col("obsjd", float), col("led", int), filenames)  # fmt: skip
+
+    def calibration_table(self, rows: np.ndarray) -> pa.Table:
+        """The columns :func:`ztfluigi.calmatch.own_calibrations` reads, for these rows."""
+        cols = {"imgtype": self.imgtype[rows], "ccdid": self.ccdid[rows],
+                "filtercode": self.filtercode[rows]}  # fmt: skip
+        if self.ledid is not None:
+            cols["ledid"] = self.ledid[rows]
+        return pa.table({k: pa.array(v) for k, v in cols.items()})
 
 
-def night_metadata(date: dt.date) -> tuple[pa.Table, bool]:
-    """The night's raw metadata and whether it is the stored RawIndex."""
+def night_metadata(date: dt.date, indexed: bool) -> NightRows:
+    """The night's raw files: its stored RawIndex if ``indexed``, else the archive's metadata
+    (the synthetic archive's night log directly, without per-file conditions)."""
     from ztfluigi import config
     from ztfluigi.archive.sim import SimArchive
-    from ztfluigi.tasks.raw import RawIndex, night_index
+    from ztfluigi.tasks.raw import night_index
 
-    if RawIndex(date=date).output().exists():
-        return night_index(date), True
+    if indexed:
+        return NightRows.from_table(night_index(date))
     archive = config.get_archive()
     if isinstance(archive, SimArchive):
-        return _sim_metadata(archive, date), False
-    return archive.night_metadata(date), False
+        return NightRows.from_exposures(list(archive.exposures(date).values()))
+    return NightRows.from_table(archive.night_metadata(date))
 
 
-def plan_night(date: dt.date, spec: str, filters: list[str], listing: object,
-               raw_listing: object, cal_listing: object) -> NightPlan:  # fmt: skip
+class _OwnCalibrations:
+    """:func:`ztfluigi.calmatch.own_calibrations` memoised on the night's frame counts.
+
+    The answer depends only on the number of frames per (image type, CCD, filter, LED) and on
+    whether LEDs are known, which most nights share: a five-year plan asks ≈ 2,000 times for a
+    handful of distinct answers.
+    """
+
+    def __init__(self, filters: list[str]) -> None:
+        self.filters = filters
+        self._known: dict[tuple, list] = {}
+
+    def __call__(self, night: NightRows, rows: np.ndarray
+                 ) -> list[tuple[str, int | None, str | None]]:  # fmt: skip
+        from ztfluigi import calmatch
+
+        leds = night.ledid[rows].tolist() if night.ledid is not None else [None] * rows.size
+        counts = collections.Counter(zip(night.imgtype[rows].tolist(), night.ccdid[rows].tolist(),
+                                         night.filtercode[rows].tolist(), leds, strict=True))
+        key = (night.ledid is not None, frozenset(counts.items()))
+        if key not in self._known:
+            self._known[key] = calmatch.own_calibrations(
+                night.calibration_table(rows), range(1, 17), self.filters, focal_plane=True)
+        return self._known[key]
+
+
+def plan_night(date: dt.date, spec: str, filters: list[str], listings: _Listings,
+               own_calibrations: _OwnCalibrations) -> NightPlan:  # fmt: skip
     """Counts of one night: what the campaign's RegionNight of that night needs and builds."""
-    from ztfluigi import calmatch
+    from ztfluigi import config, naming
     from ztfluigi.calib import BIAS_SKIP
-    from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
-    from ztfluigi.tasks.campaign import catalogue_name, selected_quadrants
-    from ztfluigi.tasks.raw import select_raw
+    from ztfluigi.tasks.campaign import catalogue_name, indexed_rawname, quadrant_selection
 
-    index, indexed = night_metadata(date)
+    indexed = listings.indexed(date)
+    night = night_metadata(date, indexed)
     plan = NightPlan(date, indexed)
-    science = [t == "object" and f in filters for t, f in
-               zip(index["imgtype"].to_pylist(), index["filtercode"].to_pylist(), strict=True)]
-    plan.science_exposures = sum(science) // 16
-    needed_raw: list = []
+    science = (night.imgtype == "object") & np.isin(night.filtercode, filters)
+    plan.science_exposures = int(science.sum()) // 16
+    needed_raw: list[np.ndarray] = []
+    catalogues: list[tuple[np.ndarray, np.ndarray]] = []  # rows, their selected qid mask
     for f in filters:
-        pairs = selected_quadrants(index, spec, f)
-        if not pairs:
+        rows = np.flatnonzero(science & (night.filtercode == f))
+        quads = quadrant_selection(night.field[rows], night.ccdid[rows], spec)
+        used = quads.any(axis=1)
+        if not used.any():
             continue
-        plan.quadrants[f] = len(pairs)
-        raws = sorted({r for r, _ in pairs}, key=lambda r: r.filename)
-        plan.exposures[f] = len({r.filefracday for r in raws})
-        needed_raw += raws
-        plan.present += sum(listing.exists(date, catalogue_name(r, q)) for r, q in pairs)
+        rows, quads = rows[used], quads[used]
+        plan.quadrants[f] = int(quads.sum())
+        plan.exposures[f] = int(np.unique(night.obsjd[rows]).size)
+        needed_raw.append(rows)
+        catalogues.append((rows, quads))
     if not plan.quadrants:
         return plan
-    plan.raw["object"] = len(needed_raw)
+    if listings.catalogues.names(date):  # a night not built yet needs no catalogue name
+        for rows, quads in catalogues:
+            for name, qs in zip(night.filenames(rows), quads.tolist(), strict=True):
+                raw = indexed_rawname(name)
+                plan.present += sum(listings.catalogues.exists(date, catalogue_name(raw, q + 1))
+                                    for q in range(4) if qs[q])  # fmt: skip
+    science_rows = np.concatenate(needed_raw)
+    plan.raw["object"] = int(science_rows.size)
     # IPAC inputs: one header table per CCD and filter with a selected quadrant, one mask each
-    plan.ipac = {"header_tables": len({(r.ccdid, r.filtercode) for r in needed_raw}),
-                 "masks": sum(plan.quadrants.values())}  # fmt: skip
-    masters = []
-    calib = index.filter(pc.is_in(index["imgtype"], pa.array(["bias", "flat"])))
-    for kind, ccdid, f in calmatch.own_calibrations(calib, range(1, 17), filters,
-                                                    focal_plane=True):  # fmt: skip
+    ccd_filter = {(c, f) for c, f in zip(night.ccdid[science_rows].tolist(),
+                                         night.filtercode[science_rows].tolist(), strict=True)}
+    plan.ipac = {"header_tables": len(ccd_filter), "masks": sum(plan.quadrants.values())}
+    calib = np.flatnonzero(np.isin(night.imgtype, ["bias", "flat"]))
+    calib = calib[np.argsort(night.obsjd[calib], kind="stable")]  # select_raw's order
+    settings = config.settings()
+    masters: list[tuple[str, str]] = []
+    for kind, ccdid, f in own_calibrations(night, calib):
+        on_ccd = calib[night.ccdid[calib] == ccdid] if ccdid else calib[:0]
         if kind == "bias":
-            frames = select_raw(calib, ccdid, "bias")[BIAS_SKIP:]
-            masters.append(("bias", MasterBias(date=date, ccdid=ccdid).output().path))
+            frames = on_ccd[night.imgtype[on_ccd] == "bias"][BIAS_SKIP:]
+            relpath = naming.master_bias_relpath(date, ccdid)
         elif kind == "flat":
-            frames = select_raw(calib, ccdid, "flat", f)
-            masters.append(("flat", MasterFlat(date=date, ccdid=ccdid, filtercode=f).output().path))
+            frames = on_ccd[(night.imgtype[on_ccd] == "flat") & (night.filtercode[on_ccd] == f)]
+            relpath = naming.master_flat_relpath(date, ccdid, f)
         else:
-            frames = []
-            masters.append(("fplevel", FocalPlaneLevel(date=date, filtercode=f).output().path))
-        plan.raw[kind] = plan.raw.get(kind, 0) + len(frames)
-        needed_raw += frames
-    plan.raw = {k: v for k, v in plan.raw.items() if k != "fplevel"}
+            frames = on_ccd
+            relpath = naming.focal_plane_relpath(date, f, "fp_flatnorm.fits")
+        masters.append((kind, settings.cal_url(relpath)))
+        if kind != "fplevel":
+            plan.raw[kind] = plan.raw.get(kind, 0) + int(frames.size)
+            needed_raw.append(frames)
     plan.masters = dict(collections.Counter(k for k, _ in masters))
-    plan.raw_present = sum(raw_listing.exists(date, r.filename) for r in needed_raw)
-    plan.masters_present = sum(cal_listing.exists(url) for _, url in masters)
+    if listings.raw.names(date):
+        names = night.filenames(np.concatenate(needed_raw))
+        plan.raw_present = sum(listings.raw.exists(date, n) for n in names)
+    plan.masters_present = sum(listings.cal.exists(url) for _, url in masters)
     return plan
+
+
+class _Listings:
+    """What a plan asks the stores: night listings of catalogues and raw files, master
+    calibrations and RawIndexes by directory (one listing each)."""
+
+    def __init__(self) -> None:
+        from ztfluigi import storage
+        from ztfluigi.tasks.campaign import NightListing, catalogue_night_dir, raw_night_dir
+
+        self.catalogues = NightListing(catalogue_night_dir)
+        self.raw = NightListing(raw_night_dir)
+        self.cal = storage.ListingCache()
+        self.indexes = storage.ListingCache()
+
+    def indexed(self, date: dt.date) -> bool:
+        """Whether the night's RawIndex is stored (one listing per year of indexes)."""
+        from ztfluigi import config, naming
+
+        return self.indexes.exists(config.settings().raw_url(naming.rawindex_relpath(date)))
 
 
 @dataclasses.dataclass
@@ -198,15 +293,12 @@ class CampaignPlan:
 
 def plan_campaign(entry: object) -> CampaignPlan:
     """The plan of an :class:`~ztfluigi.tasks.campaign.ApertureCatalogCampaign` (nothing built)."""
-    from ztfluigi import naming, storage
-    from ztfluigi.tasks.campaign import NightListing, catalogue_night_dir, raw_night_dir
+    from ztfluigi import naming
 
     start = time.monotonic()
     filters = [entry.filtercode] if entry.filtercode else list(naming.SCIENCE_FILTERS)
-    listing, raw_listing = NightListing(catalogue_night_dir), NightListing(raw_night_dir)
-    cal_listing = storage.ListingCache()
-    nights = [plan_night(d, entry.region, filters, listing, raw_listing, cal_listing)
-              for d in entry.nights()]  # fmt: skip
+    listings, own = _Listings(), _OwnCalibrations(filters)
+    nights = [plan_night(d, entry.region, filters, listings, own) for d in entry.nights()]
     return CampaignPlan(str(entry), filters, nights, time.monotonic() - start)
 
 
