@@ -101,3 +101,42 @@ def read_primary_header(
         if len(buf) < probe:
             raise RawFileError(f"{name}: FITS primary header has no END card ({len(buf)} bytes)")
         probe *= 2
+
+
+def read_quadrants(
+    content: bytes, name: str = "raw file", qids: tuple[int, ...] = (1, 2, 3, 4)
+) -> RawCCD:
+    """:func:`read_raw` for the quadrants ``qids`` only (and their overscans), decoded by
+    :mod:`ztfluigi.ricefits` from ``content`` in one compiled pass each (≈ 2× faster than CFITSIO,
+    bit for bit equal); a layout that decoder does not handle is read by :func:`read_raw`.
+
+    A night reads each exposure once for its four quadrants (the default); one quadrant's build
+    decodes that quadrant alone. The headers of the primary and of all quadrant HDUs are parsed.
+    """
+    from ztfluigi import ricefits
+
+    try:
+        spans = fitschecksum.hdu_spans(content)
+    except fitschecksum.FitsIntegrityError as exc:
+        raise RawFileError(f"{name}: {exc}") from None
+    if len(spans) != N_HDU:
+        raise RawFileError(f"{name}: {len(spans)} HDUs, a ZTF raw file has {N_HDU}")
+    hdrs = [fits.Header.fromstring(content[a:b]) for a, b, _ in spans]
+    buf = np.frombuffer(content, np.uint8)
+    try:
+        data = {q: ricefits.decode_image(buf, spans[q], hdrs[q]) for q in qids}
+        over = {q: ricefits.decode_image(buf, spans[q + 4], hdrs[q + 4]) for q in qids}
+    except ricefits.Unsupported:
+        ccd = read_raw(content, name)
+        ccd.data = {q: ccd.data[q] for q in qids}
+        ccd.overscan = {q: ccd.overscan[q] for q in qids}
+        return ccd
+    except ValueError as exc:
+        raise RawFileError(f"{name}: unreadable FITS ({exc})") from None
+    ccd = RawCCD(hdrs[0], {q: hdrs[q] for q in range(1, 5)}, data, over)
+    for q in qids:
+        if ccd.overscan[q].shape != (ccd.data[q].shape[0], camera.OVERSCAN_COLUMNS):
+            raise RawFileError(f"{name}: overscan {q} has shape {ccd.overscan[q].shape}")
+    if len({ccd.data[q].shape for q in qids}) > 1:
+        raise RawFileError(f"{name}: quadrants differ in shape")
+    return ccd
