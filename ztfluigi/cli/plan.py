@@ -231,9 +231,9 @@ class _Listings:
 
     def indexed(self, date: dt.date) -> bool:
         """Whether the night's RawIndex is stored (one listing per year of indexes)."""
-        from ztfluigi import config, naming
+        from ztfluigi.tasks.raw import rawindex_url
 
-        return self.indexes.exists(config.settings().raw_url(naming.rawindex_relpath(date)))
+        return self.indexes.exists(rawindex_url(date))
 
 
 @dataclasses.dataclass
