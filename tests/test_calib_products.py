@@ -1,9 +1,11 @@
 """Master bias, master flat and focal-plane level on the synthetic night recover the truth."""
 
+import io
 import json
 
 import luigi
 import numpy as np
+import PIL.Image
 import pytest
 
 from tests.helpers import DEMO_DATE, build_ok, night_without_calibration
@@ -34,6 +36,8 @@ def test_master_bias_recovers_the_true_bias_structure(luigi_store):
     assert header["PERIOD"] == "20190331" and header["PIPELINE"] == "ZTFLUIGI"
     assert header["CLIPMETH"] == "reference" and header["CORRORD"] == "overscan-first"
     assert header["INPUT001"].endswith("_bi_c11_b.fits.fz")
+    # where the frames came from: the synthetic instrument's seed and scale make every pixel
+    assert (header["ARCHIVE"], header["SIMSEED"], header["SIMSCALE"]) == ("sim", SEED, SCALE)
     truth = camera.assemble_ccd(
         {q: detector.bias_structure(SEED, ccdid, q, SHAPE) for q in range(1, 5)}
     )
@@ -62,6 +66,7 @@ def test_master_flat_recovers_the_true_flat_within_the_noise(luigi_store):
     flat, header = hdu.data.astype(np.float64), hdu.header
     assert header["FILTRKEY"] == "zr" and header["NFRAMES"] == 20 and header["CLIPMETH"] == "mad"
     assert 25_000 < header["FLTNORM"] < 45_000 and header["BIASFILE"].endswith("_c06_bias.fits")
+    assert (header["ARCHIVE"], header["SIMSEED"], header["SIMSCALE"]) == ("sim", SEED, SCALE)
     truth = true_flat(ccdid, filtercode)
     assert np.median(flat) == pytest.approx(1.0, abs=0.01)
     # Expected per-pixel noise: Poisson of each frame through the robust 5-frame median,
@@ -101,9 +106,23 @@ def test_focal_plane_level_and_picture(tmp_path, luigi_store):
     assert fp == pytest.approx(
         np.median(np.concatenate([f.ravel() for f in flats.values()])), rel=1e-6
     )
+    assert (hdul[0].header["ARCHIVE"], hdul[0].header["SIMSCALE"]) == ("sim", 64)
     png = storage.read_bytes(image.output())
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "fp_flat.png").write_bytes(png)
+    # provenance in the PNG's text chunks, no date: a rebuilt picture is byte-identical
+    text = PIL.Image.open(io.BytesIO(png)).text
+    assert float(text["FLTNORM_FP"]) == fp and text["ztfluigi.product"] == "FocalPlaneFlatImage"
+    inputs = text["ztfluigi.inputs"].split(", ")
+    assert inputs[0].endswith("_zg_fp_flatnorm.fits") and len(inputs) == 17
+    assert all(f"_zg_c{c:02d}_l00_flat.fits" in inputs[c] for c in range(1, 17))
+    assert "numpy=" in text["ztfluigi.versions"] and "matplotlib=" in text["ztfluigi.versions"]
+    assert text["ztfluigi.ARCHIVE"] == "sim" and text["ztfluigi.SIMSEED"] == str(SEED)
+    assert text["Software"].startswith("ztfluigi ")
+    assert not {"Creation Time", "Date", "date:create"} & set(text)
+    image.output().remove()
+    assert build_ok(image)
+    assert storage.read_bytes(image.output()) == png
 
 
 def test_incomplete_focal_plane_is_a_failure():

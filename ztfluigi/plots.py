@@ -10,11 +10,18 @@ import numpy as np
 from ztfluigi import camera
 
 
-def focal_plane_flat(flats: Mapping[int, np.ndarray], title: str, out: BinaryIO) -> None:
+def focal_plane_flat(
+    flats: Mapping[int, np.ndarray],
+    title: str,
+    out: BinaryIO,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
     """Draw 16 sky-oriented CCD flats at their focal-plane positions (East right, North up).
 
-    The view of ztfimg: CCD 13 top right, q1 at each CCD's top right; one colour scale
-    (1st–99th percentile of all CCDs) and a colour bar.
+    The view of ztfimg: CCD 13 top right, q1 at each CCD's top right; CCD and quadrant labels,
+    one colour scale (1st–99th percentile of all CCDs) and a colour bar. ``metadata`` becomes
+    the PNG's text chunks; no date is written (matplotlib's ``Software`` only if not given), so
+    the same flats give the same bytes.
     """
     import matplotlib
 
@@ -31,13 +38,20 @@ def focal_plane_flat(flats: Mapping[int, np.ndarray], title: str, out: BinaryIO)
         image = ax.imshow(flat, origin="lower", extent=(xi0, xi1, eta0, eta1), cmap="cividis",
                           vmin=vmin, vmax=vmax, interpolation="nearest")  # fmt: skip
         ax.text(xi0 + 0.08, eta1 - 0.25, f"{ccdid:02d}", color="white", fontsize=9, weight="bold")
+        for qid in range(1, 5):  # each quadrant's id in its corner nearest the CCD centre
+            q0, q1, e0, e1 = _quadrant_corners(ccdid, qid)
+            inner_x = q1 - 0.04 if q0 + q1 < xi0 + xi1 else q0 + 0.04
+            inner_y = e1 - 0.04 if e0 + e1 < eta0 + eta1 else e0 + 0.04
+            ax.text(inner_x, inner_y, f"q{qid}", color="0.1", fontsize=6, alpha=0.85,
+                    ha="right" if q0 + q1 < xi0 + xi1 else "left",
+                    va="top" if e0 + e1 < eta0 + eta1 else "bottom")  # fmt: skip
     ax.set_xlim(-3.9, 3.9)
     ax.set_ylim(-3.95, 3.95)
     ax.set_xlabel("East offset from the field centre (deg)")
     ax.set_ylabel("North offset (deg)")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="relative response")
-    fig.savefig(out, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(out, format="png", dpi=110, bbox_inches="tight", metadata=dict(metadata or {}))
     plt.close(fig)
 
 

@@ -9,7 +9,7 @@ import luigi
 import numpy as np
 from astropy.io import fits
 
-from ztfluigi import calib, camera, config, naming, storage
+from ztfluigi import calib, camera, config, naming, provenance, storage
 from ztfluigi.corrections import CorrectionSpec, correct_ccd
 from ztfluigi.provenance import Provenance, master_provenance
 from ztfluigi.tasks import progress
@@ -45,8 +45,21 @@ def read_image(target: storage.FsspecTarget) -> fits.HDUList:
     return storage.read_fits(target, require_checksum=True)
 
 
+def archive_cards() -> list[tuple[str, object, str]]:
+    """Where the raw frames came from (the store's identity): ``ARCHIVE``, and for the
+    synthetic instrument its ``SIMSEED`` and ``SIMSCALE``, which determine every pixel."""
+    identity = config.store_identity()
+    cards: list[tuple[str, object, str]] = [
+        ("ARCHIVE", identity["archive"], "origin of the raw frames")]
+    if identity["archive"] == "sim":
+        cards += [("SIMSEED", identity["seed"], "seed of the synthetic instrument"),
+                  ("SIMSCALE", identity["scale"], "synthetic quadrants: real size / SIMSCALE")]
+    return cards
+
+
 def write_image(target: storage.FsspecTarget, data: np.ndarray, record: Provenance) -> None:
-    """A calibration image product: one primary HDU with its provenance header."""
+    """A calibration image product: one primary HDU with its provenance header and origin."""
+    record.extend(archive_cards())
     storage.write_fits(target, fits.HDUList([fits.PrimaryHDU(data, record.header())]))
 
 
@@ -156,6 +169,7 @@ class FocalPlaneLevel(progress.OneLineFailures, luigi.Task):
         record.add("FILTRKEY", self.filtercode, "filter")
         record.add("FLTNORM_FP", level, "focal-plane median of Fn x FLTNORM (DN)")
         record.add("NFLATS_FP", len(flats), "CCD flats used")
+        record.extend(archive_cards())
         storage.write_fits(self.output(), fits.HDUList([fits.PrimaryHDU(header=record.header()),
                                                         table]))  # fmt: skip
 
@@ -187,6 +201,27 @@ class FocalPlaneFlatImage(progress.OneLineFailures, luigi.Task):
         buf = io.BytesIO()
         plots.focal_plane_flat(
             calib.denormalised_flats(flats, norms, level),
-            f"{self.date} {self.filtercode} master flats x FLTNORM / FLTNORM_FP", buf,
+            f"{self.date} {self.filtercode} master flats x FLTNORM / FLTNORM_FP "
+            f"(FLTNORM_FP = {level:.1f} DN)", buf, self.png_metadata(level),
         )  # fmt: skip
         storage.write_bytes(self.output(), buf.getvalue())
+
+    def png_metadata(self, level: float) -> dict[str, str]:
+        """The picture's provenance (PNG text chunks): product, inputs, FLTNORM_FP, versions,
+        where the raw frames came from; no date, so a rebuilt picture is byte-identical."""
+        import matplotlib
+
+        versions = {**provenance.package_versions(), "matplotlib": matplotlib.__version__}
+        inputs = [self.input()["level"].path.rsplit("/", 1)[-1]]
+        inputs += [t.path.rsplit("/", 1)[-1] for _, t in sorted(self.input()["flats"].items())]
+        return {
+            "Title": f"{self.date} {self.filtercode} focal-plane flat",
+            "Software": f"ztfluigi {versions['ztfluigi']} (matplotlib {matplotlib.__version__})",
+            "ztfluigi.product": "FocalPlaneFlatImage",
+            "ztfluigi.date": self.date.isoformat(),
+            "ztfluigi.filtercode": self.filtercode,
+            "FLTNORM_FP": repr(level),
+            "ztfluigi.inputs": ", ".join(inputs),
+            "ztfluigi.versions": ", ".join(f"{k}={v}" for k, v in versions.items()),
+            **{f"ztfluigi.{key}": str(value) for key, value, _ in archive_cards()},
+        }
