@@ -216,3 +216,20 @@ def test_another_night_of_the_mirror_has_no_files(mirror):
     other = DEMO_DATE + dt.timedelta(days=1)
     with pytest.raises(ArchiveError, match=f"no raw file of {other}"):
         night_metadata_from_headers(str(root), other)
+
+
+def test_the_synthetic_table_holds_its_files_header_values():
+    """The simulator's metadata take the cards of its raw files' primary headers (as IRSA's
+    table does): the cheap per-exposure values equal the built headers', on the demo night and
+    a survey night."""
+    from ztfluigi.archive.sim import header_values
+    from ztfluigi.sim import headers
+
+    for cfg, date in ((SimConfig(seed=0, scale=8), DEMO_DATE),
+                      (SimConfig(seed=0, scale=8, survey=True), dt.date(2019, 9, 15))):
+        exposures = list(SimArchive(cfg).exposures(date).values())
+        assert {e.imgtype for e in exposures} == {"bias", "flat", "object"}
+        for exp in exposures[:: 1 if date == DEMO_DATE else 25]:
+            header = headers.raw_primary_header(exp, 1)
+            values = header_values(exp)
+            assert values == {k: header.get(k, -1) for k in values}, exp.filefracday
