@@ -271,3 +271,25 @@ def test_a_night_reads_as_one_dataset(night):
     assert set(ccd1["rcid"].to_pylist()) == {1} and set(ccd1["filtercode"].to_pylist()) == {"zr"}
     one = storage.read_parquet(files[0])
     assert abs(one["obsmjd"][0].as_py() - float(one.schema.metadata[b"epoch_mjd"])) < 1e-6
+
+
+def test_catalogue_files_are_trimmed_without_losing_a_value(night):
+    """Footer statistics only on the columns queries filter on, dictionaries only where values
+    repeat: smaller files than pyarrow's defaults, the same table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ztfluigi.catalogue import FILTER_COLUMNS
+
+    _, _, root = night
+    path = max(root.glob("sci/*/*/*/*_apcat.parquet"), key=lambda p: p.stat().st_size)
+    stored = pq.ParquetFile(path)
+    table = stored.read()
+    defaults = pa.BufferOutputStream()
+    pq.write_table(table, defaults, write_page_checksum=True)
+    assert path.stat().st_size < 0.9 * defaults.getvalue().size
+    assert pq.read_table(pa.BufferReader(defaults.getvalue())).equals(table)
+    row_group = stored.metadata.row_group(0)
+    with_stats = {row_group.column(i).path_in_schema for i in range(row_group.num_columns)
+                  if row_group.column(i).is_stats_set}  # fmt: skip
+    assert with_stats == set(FILTER_COLUMNS) & set(table.column_names)

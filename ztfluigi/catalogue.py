@@ -41,6 +41,11 @@ def catalogue_metadata(
         **{f"version.{k}": v for k, v in package_versions().items()},
     }  # fmt: skip
     metadata.update(Provenance(step_cards([correction])).metadata("science"))
+    if calibration.fringe is not None:  # absent: no fringe subtracted (catalogues of before)
+        metadata["fringe_file"] = calibration.files["fringe"]
+        fit = [(k, sci.header[k], sci.header.comments[k]) for k in sci.header
+               if k.startswith("FRNG")]  # fmt: skip
+        metadata.update(Provenance(fit).metadata("fringe"))
     for kind, cards in calibration.recorded.items():
         metadata.update(Provenance(list(cards)).metadata(kind))
     return metadata
@@ -76,6 +81,21 @@ EXPOSURE_COLUMNS = {
     "expid": pa.int64(), "obsmjd": pa.float64(), "filtercode": pa.string(),
     "field": pa.int32(), "ccdid": pa.int8(), "qid": pa.int8(), "rcid": pa.int8(),
 }  # fmt: skip
+
+
+#: columns a dataset query filters on: the only ones given min/max statistics in the footer
+FILTER_COLUMNS = (*EXPOSURE_COLUMNS, "source_id", "ra", "dec", "phot_g_mean_mag", "x", "y")
+
+
+def parquet_options(table: pa.Table) -> dict[str, object]:
+    """``pyarrow.parquet.write_table`` options of a catalogue file: statistics only for
+    :data:`FILTER_COLUMNS` (68 columns' statistics are ≈ 3 kB of footer per file) and
+    dictionary encoding only for the columns that repeat one value (radii, exposure identity;
+    on measured floats it makes pages larger). Measured on a 220-row file: 77.3 → 64.2 kB."""
+    constant = [name for name in table.column_names
+                if name.startswith("r_") or name in EXPOSURE_COLUMNS]  # fmt: skip
+    statistics = [name for name in FILTER_COLUMNS if name in table.column_names]
+    return {"write_statistics": statistics, "use_dictionary": constant}
 
 
 def with_exposure_columns(table: pa.Table, header: object, rawname: RawName, qid: int) -> pa.Table:

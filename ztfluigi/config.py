@@ -16,7 +16,7 @@ import luigi
 from luigi.cmdline_parser import CmdlineParser
 from luigi.parameter import ParameterVisibility
 
-from ztfluigi import archive, settings_check, storage
+from ztfluigi import archive, fringes, settings_check, storage
 from ztfluigi.archive import Archive
 from ztfluigi.corrections import CorrectionSpec
 from ztfluigi.photometry import PhotometrySpec
@@ -74,6 +74,14 @@ class ztfluigi(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
         description="default: star-masked background, exact one-pass apertures, saturation "
         "flag; reference: the reference pipeline's sep background and sums",
     )  # fmt: skip
+    fringe = luigi.ChoiceParameter(
+        default="auto", choices=("auto", "on", "off"),
+        description="subtract the fitted fringe model from zi science (auto: on for real data, "
+        "and for the synthetic instrument when [sim] fringes = true)",
+    )  # fmt: skip
+    fringe_window = luigi.IntParameter(
+        default=fringes.DEFAULT_WINDOW, description="nights per zi fringe-model period"
+    )
     listing_confirm_missing = luigi.BoolParameter(
         default=False,
         description="confirm names missing from a directory listing with a direct check "
@@ -229,14 +237,24 @@ def processing_specs() -> ProcessingSpecs:
     """The specs every step runs with under the current configuration (one place; built once
     per configuration: it is asked for per quadrant)."""
     section = settings()
-    return _processing_specs(section.pocket, section.photometry)
+    return _processing_specs(section.pocket, section.photometry, fringe_spec())
+
+
+def fringe_spec() -> fringes.FringeSpec:
+    """The zi fringe correction of this configuration: ``auto`` is on where the data fringe —
+    real data, and the synthetic instrument only when it injects fringes (``[sim] fringes``)."""
+    section = settings()
+    enabled = section.fringe == "on" or (
+        section.fringe == "auto" and (section.archive != "sim" or sim().fringes))
+    return fringes.FringeSpec(enabled=enabled, window=section.fringe_window)
 
 
 @functools.lru_cache(maxsize=8)
-def _processing_specs(pocket: str, photometry: str) -> ProcessingSpecs:
+def _processing_specs(pocket: str, photometry: str, fringe: fringes.FringeSpec) -> ProcessingSpecs:
     return ProcessingSpecs(
         correction=CorrectionSpec(pocket=pocket),
         photometry=PhotometrySpec.reference() if photometry == "reference" else PhotometrySpec(),
+        fringe=fringe,
     )
 
 

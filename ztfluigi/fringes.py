@@ -47,6 +47,8 @@ import numpy as np
 from astropy.io import fits
 from scipy import ndimage
 
+from ztfluigi.jit import compiled
+
 MASK_BITS = 0x1FFF  #: IPAC mskimg bits 0–12 (as ``photometry.MASK_ALL``): never learnt or fitted
 CLIP_SIGMA = 5.0  #: σ clip (1.4826 × MAD) of pixels around the fitted background, as fringez
 SMOOTH_SIGMA_PIX = 2.0  #: Gaussian σ (pixels) applied to the training maps
@@ -59,6 +61,7 @@ NOISE_FACTOR = 2.0  #: a mode's eigenvalue must exceed this × the noise edge (s
 MIN_SHARED = 3  #: a mode must stand above the noise in all but its MIN_SHARED − 1 strongest maps
 MIN_EXPOSURES = 18  #: fewest training maps per quadrant (3 × DEFAULT_K); ≥ 50 for ≤ 10 %
 MIN_VALID_FRACTION = 0.5  #: maps with fewer usable pixels are left out
+DEFAULT_WINDOW = 20  #: nights per model period (see tasks.fringe: 60 training exposures in sim)
 MAX_EXPOSURES = 60  #: at most this many maps (evenly spread in time) are held in memory
 _MIN_WEIGHT = 0.5  #: smoothed-coverage threshold of a valid smoothed pixel
 
@@ -73,6 +76,20 @@ class TooFewExposures(FringeError):
     def __init__(self, where: str, n: int, needed: int) -> None:
         super().__init__(f"{where}: {n} usable zi exposures, at least {needed} needed")
         self.where, self.n, self.needed = where, n, needed
+
+
+@dataclass(frozen=True)
+class FringeSpec:
+    """Whether science quadrants of the fringing filters get the correction, and the period
+    (nights) of the models they use. Chosen once per configuration (``[ztfluigi] fringe``)."""
+
+    enabled: bool = False
+    window: int = DEFAULT_WINDOW  #: nights per model period (``tasks.fringe.period_start``)
+    filters: tuple[str, ...] = ("zi",)  #: bands whose sky lines fringe in ZTF's thin CCDs
+
+    def applies(self, filtercode: str) -> bool:
+        """Whether a science quadrant of ``filtercode`` is fringe-corrected."""
+        return self.enabled and filtercode in self.filters
 
 
 # --- shared pixel helpers ----------------------------------------------------------------------
@@ -353,6 +370,50 @@ def upsample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return _upsample_axis(_upsample_axis(a, shape[1], a.ndim - 1), shape[0], a.ndim - 2)
 
 
+@compiled
+def _subtract_upsampled(data: np.ndarray, sampled: np.ndarray) -> np.ndarray:
+    """``data − upsample(sampled, data.shape)`` in one compiled pass, bitwise equal to it.
+
+    The float32 operations of :func:`_upsample_axis` in the same order (columns first, on the
+    sampled rows; then rows, fused with the subtraction); edge samples replicated.
+    """
+    rows, cols = data.shape
+    nr, nc = sampled.shape
+    nine, sixteen = np.float32(9.0), np.float32(16.0)
+    by_cols = np.empty((nr, cols), np.float32)
+    for i in range(nr):
+        for j in range(cols):
+            h = j // 2
+            if j % 2 == 0:
+                by_cols[i, j] = sampled[i, h]
+            else:
+                a, b = sampled[i, max(h - 1, 0)], sampled[i, h]
+                c, d = sampled[i, min(h + 1, nc - 1)], sampled[i, min(h + 2, nc - 1)]
+                by_cols[i, j] = (nine * (b + c) - a - d) / sixteen
+    out = np.empty((rows, cols), np.float32)
+    for i in range(rows):
+        h = i // 2
+        if i % 2 == 0:
+            for j in range(cols):
+                out[i, j] = data[i, j] - by_cols[h, j]
+        else:
+            h0, h2, h3 = max(h - 1, 0), min(h + 1, nr - 1), min(h + 2, nr - 1)
+            for j in range(cols):
+                up = (nine * (by_cols[h, j] + by_cols[h2, j]) - by_cols[h0, j] - by_cols[h3, j])
+                out[i, j] = data[i, j] - up / sixteen
+    return out
+
+
+def subtract_upsampled(data: np.ndarray, sampled: np.ndarray) -> np.ndarray:
+    """``data − upsample(sampled, data.shape)`` (float32): compiled when :data:`MAP_BIN` is 2."""
+    data = np.ascontiguousarray(data, np.float32)
+    if MAP_BIN != 2:
+        return data - upsample(sampled, data.shape)
+    if sampled.shape != decimated_shape(data.shape):
+        raise FringeError(f"sampled image {sampled.shape} does not match {data.shape}")
+    return _subtract_upsampled(data, np.ascontiguousarray(sampled, np.float32))
+
+
 @dataclass
 class FringeFit:
     """A corrected quadrant and what was subtracted."""
@@ -385,13 +446,16 @@ def correct(data: np.ndarray, mask: np.ndarray | None, modes: np.ndarray) -> Fri
     sky = float(np.median(values))
     if not sky > 0:
         raise FringeError(f"sky level must be positive, got {sky}")
-    design = np.column_stack([modes[:, ::m, ::m][:, r, c].T.astype(np.float64)]
-                             + _poly_terms(r * s, c * s, data.shape))  # fmt: skip
-    coef, kept = _clipped_lstsq(design, values / sky - 1.0)
     k = modes.shape[0]
+    terms = _poly_terms(r * s, c * s, data.shape)
+    design = np.empty((r.size, k + len(terms)))  # filled in place: no stacked copies
+    design[:, :k] = modes[:, ::m, ::m][:, r, c].T
+    for i, term in enumerate(terms):
+        design[:, k + i] = term
+    coef, kept = _clipped_lstsq(design, values / sky - 1.0)
     fringe_sampled = np.tensordot((sky * coef[:k]).astype(np.float32), modes, axes=1)
     return FringeFit(
-        data=data - upsample(fringe_sampled, data.shape), coefficients=coef[:k], sky=sky,
+        data=subtract_upsampled(data, fringe_sampled), coefficients=coef[:k], sky=sky,
         fringe_rms=float(np.sqrt(np.mean(fringe_sampled**2))), npix=int(kept.sum()),
     )  # fmt: skip
 

@@ -21,6 +21,7 @@ Reference behaviour (``reference_pipeline.md`` §5.2–5.3) and where we deliber
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
-from ztfluigi import camera
+from ztfluigi import camera, fringes
 from ztfluigi import provenance as prov
 from ztfluigi.calmatch import CalibrationMatch
 from ztfluigi.corrections import CorrectionSpec, correct_quadrant, detrend_quadrant
@@ -429,6 +430,12 @@ class Calibration:
     recorded: dict[str, list[prov.Card]]
     #: per-quadrant median flat (SATURATE), computed once for all the exposures it serves
     flat_medians: dict[int, float]
+    #: the zi fringe modes subtracted from its science quadrants (``files["fringe"]`` names it)
+    fringe: fringes.FringeModel | None = None
+
+    def with_fringe(self, model: fringes.FringeModel, file: str) -> Calibration:
+        """This calibration with a fringe model to subtract (the model of the CCD's period)."""
+        return dataclasses.replace(self, fringe=model, files={**self.files, "fringe": file})
 
     @classmethod
     def from_products(
@@ -461,14 +468,30 @@ def calibrated_quadrant(
     ipac_mask: np.ndarray | None,
     spec: CorrectionSpec = DEFAULT_SPEC,
 ) -> ScienceQuadrant:
-    """The virtual science quadrant of a raw CCD with its matched calibration and IPAC inputs."""
+    """The virtual science quadrant of a raw CCD with its matched calibration and IPAC inputs;
+    the calibration's fringe model, if any, is fitted and subtracted (:func:`defringed`)."""
     cards = science_provenance(
         calibration.files["bias"], calibration.files["flat"], calibration.files["fp"],
         calibration.fltnorm, calibration.fltnorm_fp, calibration.match.header_cards(), spec,
         raw_file=rawname.filename,
     )  # fmt: skip
-    return build_science_quadrant(
+    sci = build_science_quadrant(
         ccd, rawname, qid, calibration.bias, calibration.flat, calibration.fltnorm,
         calibration.fltnorm_fp, ipac_header, ipac_mask, cards, spec,
         flat_median=calibration.flat_medians[qid],
     )  # fmt: skip
+    if calibration.fringe is None:
+        return sci
+    if calibration.fringe.ccdid != rawname.ccdid:
+        raise ScienceError(f"fringe model of CCD {calibration.fringe.ccdid} given for "
+                           f"{rawname.filename}")  # fmt: skip
+    return defringed(sci, calibration.fringe.quadrants[qid].modes, calibration.files["fringe"])
+
+
+def defringed(sci: ScienceQuadrant, modes: np.ndarray, model_file: str) -> ScienceQuadrant:
+    """The quadrant with its fitted fringe subtracted (before background and photometry), the
+    fit recorded in its header (``FRNG*``: model, coefficients, subtracted RMS)."""
+    fit = fringes.correct(sci.data, sci.mask, modes)
+    header = sci.header.copy()
+    header.update(fringes.header_cards(fit, model_file))
+    return ScienceQuadrant(fit.data, header, sci.mask)

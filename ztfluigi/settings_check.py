@@ -101,6 +101,8 @@ def check(
                 problems += store_problems(key, z[spelling], must_write=key != "raw_root")
     problems += archive_problems(z.get("archive", "sim"))
     problems += int_problem("ztfluigi", "calib_window", z.get("calib_window"), 0, 366)
+    window = z.get("fringe_window", z.get("fringe-window"))
+    problems += int_problem("ztfluigi", "fringe_window", window, 1, 366)
     s = sections.get("sim", {})
     problems += int_problem("sim", "seed", s.get("seed"), 0, None)
     problems += int_problem("sim", "scale", s.get("scale"), 1, 96)

@@ -13,19 +13,21 @@ from dataclasses import dataclass, field
 
 from ztfluigi import calib
 from ztfluigi.corrections import CorrectionSpec
+from ztfluigi.fringes import FringeSpec
 from ztfluigi.photometry import PhotometrySpec
 from ztfluigi.stacking import ClipSpec, ClipStats
 
 
 @dataclass(frozen=True)
 class ProcessingSpecs:
-    """The specs of every step: raw corrections (masters and science), the two stacks, and the
-    aperture photometry."""
+    """The specs of every step: raw corrections (masters and science), the two stacks, the zi
+    fringe correction and the aperture photometry."""
 
     correction: CorrectionSpec = field(default_factory=CorrectionSpec)
     bias_clip: ClipSpec = calib.BIAS_CLIP
     flat_clip: ClipSpec = calib.FLAT_CLIP
     photometry: PhotometrySpec = field(default_factory=PhotometrySpec)
+    fringe: FringeSpec = field(default_factory=FringeSpec)
 
     def recorded_keywords(self) -> tuple[str, ...]:
         """Header keywords of the masters' steps (corrections, clipping and its counts) and their

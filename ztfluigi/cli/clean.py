@@ -17,7 +17,8 @@ from typing import TextIO
 from ztfluigi.cli.status import progress_bar
 
 #: kinds ``clean`` removes (the RawIndex stays: it is small and tells what the night holds)
-CLEANABLE = ("raw", "ipacheader", "mask", "bias", "flat", "focal_plane", "catalogue", "science")
+CLEANABLE = ("raw", "ipacheader", "mask", "bias", "flat", "focal_plane", "fringe", "catalogue",
+             "science")
 
 
 def _sizes(urls: list[str]) -> dict[str, int]:

@@ -23,6 +23,7 @@ from ztfluigi import calmatch, catalogue, config, naming, refcat, storage
 from ztfluigi.naming import RawName
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
+from ztfluigi.tasks.fringe import model_for
 from ztfluigi.tasks.inputs import read_or_rebuild
 from ztfluigi.tasks.ipac import IpacHeaders, IpacMasks
 from ztfluigi.tasks.parameters import (
@@ -44,11 +45,13 @@ from ztfluigi.tasks.science import (
     QuadrantParameters,
     ScienceQuadrant,
     calibration_tasks,
+    fringe_task,
     ipac_inputs,
     read_calibration,
     science_correction,
     science_quadrant,
     store_science_quadrant,
+    with_fringe,
 )
 from ztfluigi.tasks.sim import SimRefCatalog
 from ztfluigi.tasks.workflow import BranchedUnit
@@ -119,7 +122,10 @@ def build_catalogues(
     if config.settings().refcat == "sim":  # only nights with science have a synthetic catalogue
         yield [SimRefCatalog(date=date)]
     match, calib_tasks = yield from calibration_tasks(date, ccdid, filtercode)
-    calibration = read_calibration(match, calib_tasks)
+    fringe = fringe_task(todo[0][0])  # one model per CCD and period: all of ``todo``'s
+    if fringe is not None:
+        yield [fringe]
+    calibration = with_fringe(read_calibration(match, calib_tasks), fringe)
     url, archive = refcat_url(date), config.get_archive()
     reference = refcat.RefCatalog(url)
     specs = config.processing_specs()
@@ -139,7 +145,8 @@ def build_catalogues(
             table = catalogue.quadrant_catalogue(sci, rawname, qid, calibration, reference, url,
                                                  archive.name, science_correction(rawname),
                                                  specs.photometry)  # fmt: skip
-            storage.write_parquet(catalog_target(rawname, qid), table)
+            storage.write_parquet(catalog_target(rawname, qid), table,
+                                  **catalogue.parquet_options(table))  # fmt: skip
             done += 1
             progress.report(task, done, len(todo), "quadrant catalogues")
 
@@ -205,7 +212,8 @@ class ApertureCatalog(RefcatChecked, progress.OneLineFailures, luigi.Task):
         return [FocalPlaneLevel(date=self.date, filtercode=f) for _, _, f in own]
 
     def night_inputs(self) -> list[luigi.Task]:
-        """The night's raw-file units and its own usable master calibrations with their raw frames.
+        """The night's raw-file units, its zi fringe models (when corrected) and its own usable
+        master calibrations with their raw frames.
 
         A complete task's requirements are not checked by Luigi, so the raw frames behind a
         master calibration are listed too: a deleted bias frame is fetched again. Empty until the
@@ -220,6 +228,8 @@ class ApertureCatalog(RefcatChecked, progress.OneLineFailures, luigi.Task):
                          IpacHeaders(date=self.date, ccdid=c, filtercode=f),
                          IpacMasks(date=self.date, ccdid=c, filtercode=f))
         ]  # fmt: skip
+        reqs += [m for c in ccds for f in filters
+                 if (m := model_for(self.date, c, f)) is not None]  # zi fringe models
         own = calmatch.own_calibrations(night_index(self.date), ccds, filters,
                                         focal_plane=not self.ccdid)  # fmt: skip
         for kind, ccdid, filtercode in own:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import luigi
 
-from ztfluigi import fringes, raw, storage
+from ztfluigi import config, fringes, raw, storage
 from ztfluigi.naming import RawName
 from ztfluigi.provenance import PIPELINE, package_versions
 from ztfluigi.tasks import progress
@@ -34,7 +34,7 @@ from ztfluigi.tasks.science import (
 #: Default period (nights): 20 × 3 zi exposures per night and CCD (the simulator's default) =
 #: 60 training exposures, which leave 8 % (scale 16) / 8–9 % (full size) of the fringe; 20–30
 #: exposures leave 11–20 % (``tests/test_fringes.py``, ``bench/bench_fringes.py``).
-DEFAULT_WINDOW = 20
+DEFAULT_WINDOW = fringes.DEFAULT_WINDOW
 MAX_WIDEN = 2  #: at most this many earlier periods are added when a period has too few exposures
 
 
@@ -141,6 +141,15 @@ class FringeModel(progress.OneLineFailures, luigi.Task):
         for qid, qmaps in maps.items():
             model.quadrants[qid] = fringes.build_quadrant(qid, qmaps)
         return model
+
+
+def model_for(night: dt.date, ccdid: int, filtercode: str) -> FringeModel | None:
+    """The model correcting a CCD's science of ``filtercode`` on ``night`` (``None``: the
+    configuration does not correct that band, ``[ztfluigi] fringe``)."""
+    spec = config.processing_specs().fringe
+    if not spec.applies(filtercode):
+        return None
+    return FringeModel.for_night(night, ccdid, spec.window)
 
 
 def load_fringe_model(target: storage.FsspecTarget) -> fringes.FringeModel:

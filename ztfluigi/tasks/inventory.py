@@ -19,6 +19,7 @@ import luigi
 from ztfluigi import fitschecksum, ipac, raw, storage
 from ztfluigi.tasks.calib import FocalPlaneLevel, MasterBias, MasterFlat
 from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit, catalog_target
+from ztfluigi.tasks.fringe import model_for
 from ztfluigi.tasks.ipac import IpacHeaders, IpacMasks, mask_targets
 from ztfluigi.tasks.raw import RawFiles, RawIndex, raw_target
 from ztfluigi.tasks.science import science_cache_targets
@@ -26,8 +27,8 @@ from ztfluigi.tasks.science import science_cache_targets
 T = TypeVar("T")
 
 #: Stored product kinds, in data-flow order (the rows of ``ztfluigi status``).
-KINDS = ("rawindex", "raw", "ipacheader", "mask", "bias", "flat", "focal_plane", "catalogue",
-         "science")
+KINDS = ("rawindex", "raw", "ipacheader", "mask", "bias", "flat", "focal_plane", "fringe",
+         "catalogue", "science")
 #: Kinds shown only when some exist (science quadrants are virtual unless ``store_science``).
 OPTIONAL_KINDS = ("science",)
 
@@ -81,6 +82,9 @@ def _mask_products(unit: IpacMasks) -> Iterator[Product]:
 
 
 def _unit_products(unit: ApertureCatalogUnit) -> Iterator[Product]:
+    model = model_for(unit.date, unit.ccdid, unit.filtercode)
+    if model is not None:  # the CCD's model of the period: shared by the period's nights
+        yield Product("fringe", model.output().path, model.date)
     for rawname, qid in unit.branches():
         yield Product("catalogue", catalog_target(rawname, qid).path, unit.date)
         for target in science_cache_targets(rawname, qid).values():

@@ -3,9 +3,10 @@
 A science quadrant is never stored by default (DESIGN.md §1): :class:`ScienceQuadrant` is complete
 when its inputs are (raw file, the matched master bias, master flat and focal-plane level), and its
 output's :meth:`ScienceQuadrantTarget.load` computes ``S = (R − B)/F × FLTNORM_FP/FLTNORM`` for the
-quadrant (:func:`ztfluigi.science.calibrated_quadrant`). With ``[ztfluigi] store_science = true``
-the quadrant is also written as ztfin2p3's ``…_sciimg.fits``/``…_mskimg.fits``, and ``load()``
-then reads that cache.
+quadrant (:func:`ztfluigi.science.calibrated_quadrant`), minus the fitted fringe in zi when the
+correction is on (the CCD's :class:`~ztfluigi.tasks.fringe.FringeModel` of the night's period).
+With ``[ztfluigi] store_science = true`` the quadrant is also written as ztfin2p3's
+``…_sciimg.fits``/``…_mskimg.fits``, and ``load()`` then reads that cache.
 
 Calibration nights are matched by :func:`ztfluigi.calmatch.resolve` over the RawIndex products
 of the surrounding nights, nearest first: :func:`calibration_tasks` asks for the indexes it needs
@@ -136,6 +137,23 @@ def science_quadrant(
                                        science_correction(rawname))  # fmt: skip
 
 
+def fringe_task(rawname: RawName) -> luigi.Task | None:
+    """The fringe model a science frame's correction needs (``None``: not corrected)."""
+    from ztfluigi.tasks.fringe import model_for  # its models train on this module's quadrants
+
+    return model_for(rawname.date, rawname.ccdid, rawname.filtercode)
+
+
+def with_fringe(calibration: science.Calibration, task: luigi.Task | None) -> science.Calibration:
+    """``calibration`` with the stored model of fringe ``task`` (a damaged one is rebuilt)."""
+    if task is None:
+        return calibration
+    from ztfluigi.tasks.fringe import load_fringe_model
+
+    model = read_or_rebuild(lambda: load_fringe_model(task.output()), task)
+    return calibration.with_fringe(model, task.output().path.rsplit("/", 1)[-1])
+
+
 def science_correction(rawname: RawName) -> CorrectionSpec:
     """The raw corrections of a science frame, resolved for its date (what runs, recorded)."""
     return config.processing_specs().correction.for_imgtype("object").resolved(rawname.date)
@@ -193,6 +211,9 @@ class ScienceQuadrantTarget(luigi.Target):
         for task in ipac_inputs(r):
             if not task.complete():
                 raise MissingInput(f"{task} is not built yet")
+        fringe = fringe_task(r)
+        if fringe is not None and not fringe.complete():
+            raise MissingInput(f"{fringe} is not built yet")
         return stored_calibration(r.date, r.ccdid, r.filtercode)
 
     def exists(self) -> bool:
@@ -213,6 +234,7 @@ class ScienceQuadrantTarget(luigi.Target):
             return science.ScienceQuadrant(np.asarray(sci.data), sci.header,
                                            np.asarray(mask.data))  # fmt: skip
         calibration = load_calibration(*self._stored_calibration())
+        calibration = with_fringe(calibration, fringe_task(self.rawname))
         ccd = read_stored_raw(self.rawname)
         return science_quadrant(ccd, self.rawname, self.qid, calibration)
 
@@ -241,5 +263,8 @@ class ScienceQuadrant(QuadrantParameters, progress.OneLineFailures, luigi.Task):
     def run(self) -> Iterator[list[luigi.Task]]:
         r = self.rawname
         yield from calibration_tasks(r.date, r.ccdid, r.filtercode)
+        fringe = fringe_task(r)
+        if fringe is not None:
+            yield [fringe]
         if config.settings().store_science:
             store_science_quadrant(self.output().load(), r, self.qid)

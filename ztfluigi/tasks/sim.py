@@ -8,6 +8,7 @@ from astropy.io import fits
 
 from ztfluigi import config, storage
 from ztfluigi.archive.sim import SimArchive
+from ztfluigi.sim import fringes as simfringes
 from ztfluigi.sim import gaia, truth
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.parameters import NightParameter
@@ -48,7 +49,8 @@ class SimRefCatalog(progress.OneLineFailures, luigi.Task):
 
 
 class SimTruth(progress.OneLineFailures, luigi.Task):
-    """What the pipeline must recover for a night: detector, stars and noise-free flats."""
+    """What the pipeline must recover for a night: detector, stars, noise-free flats and (with
+    ``[sim] fringes``) the fringe mixture of every zi quadrant."""
 
     date = NightParameter()
 
@@ -59,7 +61,9 @@ class SimTruth(progress.OneLineFailures, luigi.Task):
             "detector": storage.get_target(root.cal_url(f"{base}_detector.parquet")),
             "stars": storage.get_target(root.cal_url(f"{base}_stars.parquet")),
             "flats": storage.get_target(root.cal_url(f"{base}_flats.fits")),
-        }
+            **({"fringes": storage.get_target(root.cal_url(f"{base}_fringes.parquet"))}
+               if config.sim().fringes else {}),  # the zi fringe mixture of each quadrant
+        }  # fmt: skip
 
     def run(self) -> None:
         archive = sim_archive()
@@ -72,6 +76,8 @@ class SimTruth(progress.OneLineFailures, luigi.Task):
                 "ztfluigi.sim": repr(cfg)}  # fmt: skip
         storage.write_parquet(out["detector"], truth.detector_table(cfg, self.date), meta)
         storage.write_parquet(out["stars"], stars, meta)
+        if "fringes" in out:
+            storage.write_parquet(out["fringes"], simfringes.truth_table(cfg, science), meta)
         hdus = [fits.PrimaryHDU()]
         for filt in ("zg", "zr", "zi"):
             hdus[0].header[f"FPLVL_{filt.upper()}"] = (
