@@ -153,6 +153,9 @@ def test_random_bytes_in_a_catalogue_never_read_back_as_other_values(narrowed_ni
         ("[sim]\nscale = 0\n", "scale = 0: must be in 1..96"),
         ("[sim]\nscale = 3.5\n", "scale = '3.5': not a whole number"),
         ("[sim]\nseed = x\n", "seed = 'x': not a whole number"),
+        ("[ztfluigi]\nfringe = maybe\n", "fringe = 'maybe': expected auto | off | on"),
+        ("[ztfluigi]\npocket = yes\n", "pocket = 'yes': expected auto | off | on"),
+        ("[ztfluigi]\nfringe_window = 0\n", "fringe_window = 0: must be in 1..366"),
     ],
 )
 def test_bad_settings_stop_before_anything_runs(tmp_path, lines, message):

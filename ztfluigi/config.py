@@ -272,7 +272,10 @@ def check_settings() -> None:
     known = {cls.__name__: [name for name, _ in cls.get_params()] for cls in (ztfluigi, sim, s3)}
     sections = {name: dict(cfg.items(name, raw=True)) if cfg.has_section(name) else {}
                 for name in known}  # fmt: skip
-    settings_check.check(sections, known)
+    choices = {cls.__name__: {name: sorted(param._choices) for name, param in cls.get_params()
+                              if isinstance(param, luigi.ChoiceParameter)}
+               for cls in (ztfluigi, sim, s3)}  # fmt: skip
+    settings_check.check(sections, known, choices)
     check_store_identity()
     _checked = stamp
 

@@ -84,14 +84,31 @@ def int_problem(section: str, key: str, raw: str | None, low: int, high: int | N
     return []
 
 
+def choice_problems(
+    section: str, values: Mapping[str, str], choices: Mapping[str, Iterable[str]]
+) -> list[str]:
+    """Keys of ``section`` whose value is not one of their ``choices`` (key → allowed)."""
+    problems = []
+    for key, allowed in choices.items():
+        raw = values.get(key, values.get(key.replace("_", "-")))
+        if raw is not None and raw.strip() not in allowed:
+            problems.append(f"[{section}] {key} = {raw!r}: expected {' | '.join(allowed)}")
+    return problems
+
+
 def check(
-    sections: Mapping[str, Mapping[str, str]], known: Mapping[str, Iterable[str]]
+    sections: Mapping[str, Mapping[str, str]],
+    known: Mapping[str, Iterable[str]],
+    choices: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
 ) -> None:
     """Every problem of the ``[ztfluigi]``, ``[sim]`` and ``[s3]`` sections, raised as one
-    :class:`SettingsError` (nothing is done when there is none)."""
+    :class:`SettingsError` (nothing is done when there is none). ``choices``: per section, the
+    keys that take one of a few values."""
     problems: list[str] = []
     for name, keys in known.items():
         problems += unknown_keys(name, sections.get(name, {}), keys)
+    for name, by_key in (choices or {}).items():
+        problems += choice_problems(name, sections.get(name, {}), by_key)
     z = sections.get("ztfluigi", {})
     root = z.get("root", "ztfdata")
     problems += store_problems("root", root)
