@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import pickle
 import resource
@@ -67,8 +68,50 @@ def _stub_ipac_inputs(touch) -> None:  # noqa: ANN001 - bench_scheduling's _touc
     ipac.IpacMasks.run_branches = masks
 
 
-def run_one(strategy: str, days: int, fields: int, window: int, workers: int) -> dict:
-    """One strategy over ``days`` nights in this process; the measured record."""
+def _rss_mb() -> float:
+    """This process's resident memory now, MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 1e6
+
+
+def _watch_windows(trace: bool) -> dict[str, list]:
+    """Record, as each campaign window starts and after the last: resident memory, Luigi's task
+    instance cache, and (``trace``) the allocation sites that grew most since the first window."""
+    import tracemalloc
+
+    from luigi.task_register import Register
+
+    from ztfluigi.tasks.campaign import ApertureCatalogCampaign
+
+    seen: dict[str, list] = {"rss_mb": [], "task_instances": [], "top_growth": []}
+    report = ApertureCatalogCampaign._report
+    if trace:
+        tracemalloc.start(10)
+    first: list = []
+
+    def watching(self, i, n, window, state, n_failed):  # noqa: ANN001, ANN202 - _report
+        gc.collect()
+        seen["rss_mb"].append(round(_rss_mb(), 1))
+        seen["task_instances"].append(len(Register._Register__instance_cache or {}))
+        if trace:
+            snap = tracemalloc.take_snapshot()
+            if not first:
+                first.append(snap)
+            elif i == n:
+                top = snap.compare_to(first[0], "traceback")[:8]
+                seen["top_growth"] = [f"{s.size_diff / 1e6:+.1f} MB {s.count_diff:+d} blocks: "
+                                      + " <- ".join(str(f) for f in s.traceback[-4:])
+                                      for s in top]  # fmt: skip
+        return report(self, i, n, window, state, n_failed)
+
+    ApertureCatalogCampaign._report = watching
+    return seen
+
+
+def run_one(strategy: str, days: int, fields: int, window: int, workers: int,
+            memory: str = "") -> dict:  # fmt: skip
+    """One strategy over ``days`` nights in this process; the measured record (``memory``:
+    'rss' or 'trace' also records memory per campaign window)."""
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_scheduling import _touch, stub_pixel_work
 
@@ -92,6 +135,7 @@ def run_one(strategy: str, days: int, fields: int, window: int, workers: int) ->
 
     factory.create_local_scheduler = recording
     stop = START + dt.timedelta(days=days - 1)
+    windows = _watch_windows(memory == "trace") if memory and strategy == "campaign" else {}
 
     class DynamicWindows(ApertureCatalogCampaign):
         """The windows as dynamic dependencies of one task, yielded one after the other."""
@@ -134,6 +178,7 @@ def run_one(strategy: str, days: int, fields: int, window: int, workers: int) ->
         "cpu_s": round(cpu, 1), "cpu_ms_per_quadrant": round(1000 * cpu / quadrants, 2),
         "complete_check_s": round(t_check, 2),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **({"per_window": windows} if windows else {}),
     }  # fmt: skip
 
 
@@ -151,10 +196,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-range-nights", type=int, default=31,
                         help="longest span run for range/dynamic (they grow with it)")
+    parser.add_argument("--memory", choices=("", "rss", "trace"), default="",
+                        help="campaign: record memory per window (trace: tracemalloc, slower)")
     parser.add_argument("--one", nargs=2, metavar=("STRATEGY", "NIGHTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        record = run_one(args.one[0], int(args.one[1]), args.fields, args.window, args.workers)
+        record = run_one(args.one[0], int(args.one[1]), args.fields, args.window, args.workers,
+                         args.memory)  # fmt: skip
         print(json.dumps(record))
         return
     records = []
@@ -163,7 +211,8 @@ def main() -> None:
             if strategy != "campaign" and days > args.max_range_nights:
                 continue
             cmd = [sys.executable, __file__, "--fields", str(args.fields), "--window",
-                   str(args.window), "--workers", str(args.workers), "--one", strategy, str(days)]
+                   str(args.window), "--workers", str(args.workers), "--memory", args.memory,
+                   "--one", strategy, str(days)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             record = json.loads(out.strip().splitlines()[-1])
             print(json.dumps(record), flush=True)

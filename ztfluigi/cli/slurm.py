@@ -65,6 +65,9 @@ class WorkerArray:
     rerun_wait: int = 30
     max_passes: int = 120
     job_name: str = field(default="")
+    #: Arguments appended per element, as bash double-quoted words (they may use ``$VARS``): a
+    #: campaign's ``--element "${SLURM_ARRAY_TASK_ID:-0}" --elements N``.
+    element_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _TASK_RE.match(self.task):
@@ -82,6 +85,8 @@ class WorkerArray:
         for option, value in words.items():
             if value is not None and not _WORD_RE.match(value):
                 raise ValueError(f"{option} {value!r}: blanks and quotes are not allowed here")
+        if any(c in word for word in self.element_args for c in '"\\`'):
+            raise ValueError(f"element arguments {self.element_args!r}: no quotes or backslashes")
         if not self.job_name:
             object.__setattr__(self, "job_name", f"ztfluigi-{self.task}")
 
@@ -99,13 +104,17 @@ def worker_loop(
     rerun_codes: Sequence[int] = (10, 25),
     rerun_wait: int = 30,
     max_passes: int = 120,
+    element_args: Sequence[str] = (),
 ) -> str:
     """Bash lines running the Luigi worker ``argv`` until its entry task is done or fails.
 
-    ``worker_id`` is a bash double-quoted string (it may use ``$VARS``); ``argv`` is quoted here.
+    ``worker_id`` and ``element_args`` are bash double-quoted strings (they may use ``$VARS``);
+    ``argv`` is quoted here.
     """
     codes = " ".join(str(c) for c in sorted(set(rerun_codes)) if c)
-    head = [f"luigi_cmd=({shlex.join(argv)})", f'worker_id="{worker_id}"']
+    per_element = " ".join(f'"{word}"' for word in element_args)
+    head = [f"luigi_cmd=({shlex.join(argv)} {per_element})".replace(" )", ")"),
+            f'worker_id="{worker_id}"']  # fmt: skip
     if not codes:  # Luigi's own defaults: those cases already exit 0
         return "\n".join([*head, 'exec "${luigi_cmd[@]}" --worker-id "$worker_id"'])
     return "\n".join([
@@ -152,7 +161,7 @@ def build_script(array: WorkerArray) -> str:
     if array.config_path:
         lines.append(f"export LUIGI_CONFIG_PATH={shlex.quote(array.config_path)}")
     lines.append(worker_loop(luigi_argv(array), SLURM_WORKER_ID, array.rerun_codes,
-                             array.rerun_wait, array.max_passes))  # fmt: skip
+                             array.rerun_wait, array.max_passes, array.element_args))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -208,6 +217,13 @@ def _own_options(parser: argparse.ArgumentParser, defaults: bool) -> argparse.Ar
     return parser
 
 
+def _is_campaign(entry: luigi.Task) -> bool:
+    """Whether ``entry`` is a campaign (its elements share it: ``--element``, ``--elements``)."""
+    from ztfluigi.tasks.campaign import ApertureCatalogCampaign
+
+    return isinstance(entry, ApertureCatalogCampaign)
+
+
 def _luigi_executable() -> str:
     """The ``luigi`` of this environment (jobs must run the same installation)."""
     here = Path(sys.executable).parent / "luigi"
@@ -234,6 +250,10 @@ def _slurm(args: argparse.Namespace) -> int:
         luigi.configuration.add_config_path(config_path)
     entry = entry_task(args.task, task_args)
     cfg, codes = luigi.configuration.get_config(), luigi.retcodes.retcode()
+    element_args: tuple[str, ...] = ()
+    if _is_campaign(entry):  # each element drives the campaign from its own window
+        element_args = ("--element", "${SLURM_ARRAY_TASK_ID:-0}", "--elements",
+                        str(args.array_size))  # fmt: skip
     log_dir = Path(args.output).resolve()
     array = WorkerArray(
         task=args.task, task_args=tuple(task_args),
@@ -245,7 +265,7 @@ def _slurm(args: argparse.Namespace) -> int:
         config_path=config_path,
         luigi=_luigi_executable(),
         rerun_codes=(codes.already_running, codes.not_run), rerun_wait=args.rerun_wait,
-        max_passes=args.max_passes,
+        max_passes=args.max_passes, element_args=element_args,
     )  # fmt: skip
     script = Path(args.script) if args.script else log_dir / f"{array.job_name}.sbatch"
     log_dir.mkdir(parents=True, exist_ok=True)  # Slurm does not create it: jobs would vanish

@@ -5,22 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TextIO, TypeVar
 
 T = TypeVar("T")
 
 
-def progress_bar(items: list[T], label: str, stream: TextIO | None = None,
-                 after_s: float = 1.0) -> Iterator[T]:  # fmt: skip
-    """Yield ``items``, drawing a bar on a terminal (stderr) once it took more than ``after_s``."""
+def progress_bar(items: Iterable[T], label: str, stream: TextIO | None = None,
+                 after_s: float = 1.0, total: int | None = None) -> Iterator[T]:  # fmt: skip
+    """Yield ``items``, drawing a bar on a terminal (stderr) once it took more than ``after_s``;
+    ``total``: how many there are, when ``items`` has no length (an iterator)."""
     stream = stream or sys.stderr
     start, shown, width = time.monotonic(), False, 30
     interactive = stream.isatty()
+    n = len(items) if total is None else total  # type: ignore[arg-type]
     for i, item in enumerate(items):
         yield item
         if interactive and (shown or time.monotonic() - start > after_s) and i % 200 == 0:
-            done = (i + 1) / len(items)
+            done = (i + 1) / max(n, 1)
             bar = "#" * int(done * width)
             stream.write(f"\r{label} [{bar:<{width}}] {done:4.0%}")
             stream.flush()
@@ -75,16 +77,17 @@ def status_table(entry_words: list[str], out: TextIO | None = None, verify: bool
     return missing + len(inv.unknown)
 
 
-def campaign_status(entry: object, out: TextIO | None = None) -> int:
+def campaign_status(entry: object, out: TextIO | None = None, threads: int | None = None) -> int:
     """Per-year, per-band counts of a campaign's selected catalogues (one listing per night).
 
     Nights without a stored RawIndex are counted apart (their catalogues are not known yet).
-    Returns the number of missing catalogues plus the nights not indexed.
+    Nights are read and listed ``threads`` at a time (default
+    :data:`~ztfluigi.tasks.campaign.COUNT_THREADS`). Returns the number of missing catalogues plus
+    the nights not indexed.
     """
     out = out or sys.stdout
     from ztfluigi import naming
-    from ztfluigi.tasks.campaign import NightListing, catalogue_name, selected_quadrants
-    from ztfluigi.tasks.raw import RawIndex, night_index
+    from ztfluigi.tasks.campaign import COUNT_THREADS, NightListing, night_counts
 
     start = time.monotonic()
     filters = [entry.filtercode] if entry.filtercode else list(naming.SCIENCE_FILTERS)
@@ -92,18 +95,17 @@ def campaign_status(entry: object, out: TextIO | None = None) -> int:
     rows: dict[tuple[int, str], list[int]] = {}  # (year, band) -> nights, with data, exp., exist
     unknown: list = []
     dates = entry.nights()
-    for date in progress_bar(dates, "checking"):
-        if not RawIndex(date=date).output().exists():
+    counted = night_counts(dates, entry.region, filters, listing,
+                           COUNT_THREADS if threads is None else threads)  # fmt: skip
+    for date, counts in progress_bar(counted, "checking", total=len(dates)):
+        if counts is None:
             unknown.append(date)
             continue
-        index = night_index(date)
-        for f in filters:
-            pairs = selected_quadrants(index, entry.region, f)
-            have = sum(listing.exists(date, catalogue_name(r, q)) for r, q in pairs)
+        for f, (have, expected) in counts.items():
             row = rows.setdefault((date.year, f), [0, 0, 0, 0])
             row[0] += 1
-            row[1] += bool(pairs)
-            row[2] += len(pairs)
+            row[1] += bool(expected)
+            row[2] += expected
             row[3] += have
     elapsed = time.monotonic() - start
     print(f"{entry}", file=out)

@@ -24,14 +24,19 @@ with a ``region`` parameter, whose branches are the region's files and quadrants
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import luigi
 import luigi.interface
+import luigi.task_register
+import luigi.worker
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -115,6 +120,7 @@ class NightListing:
     def __init__(self, night_dir: Callable[[dt.date], str] = catalogue_night_dir) -> None:
         self.night_dir = night_dir
         self._names: dict[dt.date, set[str]] = {}
+        self._count = threading.Lock()  # nights may be listed from several threads
         self.n_listings = 0
 
     def names(self, date: dt.date) -> set[str]:
@@ -132,7 +138,8 @@ class NightListing:
                     found = fs.find(path)
                 except (FileNotFoundError, NotADirectoryError):
                     found = []
-            self.n_listings += 1
+            with self._count:
+                self.n_listings += 1
             names = {p.rstrip("/").rpartition("/")[2] for p in found}
             self._names[date] = {n for n in names if n and not n.startswith(".")}
         return self._names[date]
@@ -140,6 +147,54 @@ class NightListing:
     def exists(self, date: dt.date, url: str) -> bool:
         """Whether the file ``url`` (or base name) of night ``date`` exists."""
         return url.rpartition("/")[2] in self.names(date)
+
+    def forget(self, date: dt.date) -> None:
+        """Drop the night's names (a five-year count would otherwise hold millions)."""
+        self._names.pop(date, None)
+
+
+#: Nights read and listed at once by :func:`night_counts` (requests to S3 wait on the network:
+#: ≈ 20–50 ms each, three a night).
+COUNT_THREADS = 16
+
+
+def _night_counts(date: dt.date, spec: str, filters: list[str], listing: NightListing
+                  ) -> dict[str, tuple[int, int]]:  # fmt: skip
+    """(catalogues present, selected) per filter of an indexed night; listed only if selected."""
+    index = night_index(date)
+    out = {}
+    for f in filters:
+        pairs = selected_quadrants(index, spec, f)
+        have = sum(listing.exists(date, catalogue_name(*p)) for p in pairs) if pairs else 0
+        out[f] = (have, len(pairs))
+    listing.forget(date)
+    return out
+
+
+def night_counts(dates: list[dt.date], spec: str, filters: list[str],
+                 listing: NightListing | None = None, threads: int = COUNT_THREADS
+                 ) -> Iterator[tuple[dt.date, dict[str, tuple[int, int]] | None]]:  # fmt: skip
+    """Per night in date order: (catalogues present, selected) per filter, or None when the
+    night has no RawIndex yet.
+
+    RawIndexes are found by one listing per year; each indexed night costs a read of its RawIndex
+    and one recursive listing of its catalogue tree, ``threads`` nights at a time. Stop iterating
+    early and the nights not started are not read.
+    """
+    from ztfluigi.tasks.raw import rawindex_url
+
+    listing = listing or NightListing()
+    indexes = storage.ListingCache()
+    indexed = {d for d in dates if indexes.exists(rawindex_url(d))}
+
+    def one(date: dt.date) -> dict[str, tuple[int, int]] | None:
+        return _night_counts(date, spec, filters, listing) if date in indexed else None
+
+    pool = concurrent.futures.ThreadPoolExecutor(max(threads, 1), "night-counts")
+    try:
+        yield from zip(dates, pool.map(one, dates), strict=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- night entry points narrowed to a region ----------------------------------------------------
@@ -305,24 +360,61 @@ def _windows(items: list[dt.date], size: int) -> Iterator[list[dt.date]]:
         yield items[i : i + size]
 
 
+def _rotated(windows: list[list[dt.date]], element: int, elements: int) -> list[list[dt.date]]:
+    """The windows in the order an array element takes them: element k of n starts k/n of the
+    way through and wraps round, so the elements start on different nights."""
+    start = len(windows) * element // max(elements, 1)
+    return windows[start:] + windows[:start]
+
+
+#: Luigi summaries of a window build that nothing failed in.
+_BUILT = ("SUCCESS", "SUCCESS_WITH_RETRY")
+
+
+class _NamedWorkers(luigi.interface._WorkerSchedulerFactory):
+    """Luigi's own factory, giving a window's worker a readable id on the scheduler's page."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+
+    def create_worker(self, scheduler: object, worker_processes: int, assistant: bool = False
+                      ) -> luigi.worker.Worker:  # fmt: skip
+        return luigi.worker.Worker(scheduler=scheduler, worker_processes=worker_processes,
+                                   assistant=assistant, worker_id=self.worker_id)  # fmt: skip
+
+
 class ApertureCatalogCampaign(progress.OneLineFailures, luigi.Task):
     """Every aperture catalogue of a sky region, nights ``start``..``stop`` (included), a filter.
 
     Complete exactly when every selected catalogue exists. Runs the incomplete nights in windows
     of ``window`` nights, one Luigi build at a time (``window_workers`` processes each, by default
     as many as luigi's ``--workers``), so a scheduler never holds more than a window's tasks.
+
+    Several drivers may share a campaign (``ztfluigi slurm``: one per array element, ``element``
+    k of ``elements``; distinct tasks on ``luigid``): each takes the windows from its own starting
+    point, and a window another driver is building is shared through the scheduler (each task
+    runs once). A window whose tasks another driver holds is tried again after ``retry_wait``
+    seconds, at most ``max_rounds`` times, so a driver ends when the whole campaign is complete.
     """
 
     start = NightParameter(description="first UT night (YYYY-MM-DD)")
     stop = NightParameter(description="last UT night, included (YYYY-MM-DD)")
     region = RegionParameter(default="toy", description="sky region: toy, or ra1,ra2,dec1,dec2")
     filtercode = FilterParameter(default="", allow_all=True)
+    element = luigi.IntParameter(default=0, description="this driver's index among `elements` "
+                                 "(ztfluigi slurm: the array index)")  # fmt: skip
+    elements = luigi.IntParameter(default=1, description="drivers sharing the campaign")
     window = luigi.IntParameter(default=7, significant=False,
                                 description="nights per scheduling window")  # fmt: skip
     window_workers = luigi.IntParameter(
         default=0, significant=False,
         description="worker processes of each window's build (0: as luigi's --workers)",
     )  # fmt: skip
+    retry_wait = luigi.IntParameter(default=30, significant=False,
+                                    description="seconds before retrying windows held by another "
+                                    "driver")  # fmt: skip
+    max_rounds = luigi.IntParameter(default=120, significant=False,
+                                    description="passes over the windows at most")  # fmt: skip
 
     def nights(self) -> list[dt.date]:
         """The campaign's UT nights."""
@@ -336,15 +428,15 @@ class ApertureCatalogCampaign(progress.OneLineFailures, luigi.Task):
               ) -> CampaignState:  # fmt: skip
         """Selected catalogues present per indexed night (one listing per night), and the nights
         not indexed yet; ``stop_early``: stop at the first night found incomplete."""
-        listing = NightListing()
         st = CampaignState()
-        for date in self.nights() if dates is None else dates:
-            if not RawIndex(date=date).output().exists():
+        dates = self.nights() if dates is None else list(dates)
+        filters = [self.filtercode] if self.filtercode else list(naming.SCIENCE_FILTERS)
+        for date, counts in night_counts(dates, self.region, filters):
+            if counts is None:
                 st.unknown.append(date)
             else:
-                pairs = selected_quadrants(night_index(date), self.region, self.filtercode)
-                have = sum(listing.exists(date, catalogue_name(*p)) for p in pairs) if pairs else 0
-                st.counts[date] = (have, len(pairs))
+                st.counts[date] = (sum(h for h, _ in counts.values()),
+                                   sum(e for _, e in counts.values()))  # fmt: skip
             if stop_early and (st.unknown or st.incomplete):
                 break
         return st
@@ -363,23 +455,48 @@ class ApertureCatalogCampaign(progress.OneLineFailures, luigi.Task):
             return {"scheduler_url": scheduler._url}
         return {"local_scheduler": True}
 
+    def _worker_id(self) -> str:
+        """The id of the worker running this task (``--worker-id``), else one naming the driver."""
+        import luigi.worker
+
+        outer = luigi.worker.worker().id
+        return outer or f"campaign-{self.element}@{os.uname().nodename}"
+
     def run(self) -> None:
-        state = self.state()
-        todo = sorted(state.unknown + state.incomplete)
-        windows = list(_windows(todo, self.window))
-        failed: list[str] = []
         kwargs = self._build_kwargs()
         workers = self.window_workers or luigi.interface.core().workers
+        base_id = self._worker_id()
         _release_inherited_fork_lock()
-        for i, window in enumerate(windows):
-            self._report(i, len(windows), window, state, len(failed))
-            tasks = [self.night_task(d) for d in window]
-            result = luigi.build(tasks, workers=workers, detailed_summary=True,
-                                 log_level="WARNING", **kwargs)  # fmt: skip
-            if result.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY"):
-                failed.append(f"{window[0]}..{window[-1]}: {result.one_line_summary}")
-            state.update(self.state(window))
-        self._report(len(windows), len(windows), [], state, len(failed))
+        state = self.state()
+        for round_ in range(1, max(self.max_rounds, 1) + 1):
+            todo = sorted(state.unknown + state.incomplete)
+            windows = _rotated(list(_windows(todo, self.window)), self.element, self.elements)
+            failed: list[str] = []
+            held = False
+            for i, window in enumerate(windows):
+                self._report(i, len(windows), window, state, len(failed))
+                tasks = [self.night_task(d) for d in window]
+                factory = _NamedWorkers(f"{base_id} window {window[0]}..{window[-1]}")
+                result = luigi.build(tasks, workers=workers, detailed_summary=True,
+                                     log_level="WARNING", worker_scheduler_factory=factory,
+                                     **kwargs)  # fmt: skip
+                if result.status.name == "NOT_RUN":  # held by another driver (or not ready)
+                    held = True
+                elif result.status.name not in _BUILT:
+                    failed.append(f"{window[0]}..{window[-1]}: {result.one_line_summary}")
+                del tasks, result, factory
+                # Luigi keeps every task instance ever made (Register's instance cache): a
+                # finished window's would pile up over a campaign (DESIGN.md §5)
+                luigi.task_register.Register.clear_instance_cache()
+                state.update(self.state(window))
+            self._report(len(windows), len(windows), [], state, len(failed))
+            left = sorted(state.unknown + state.incomplete)
+            if failed or not left or not held:
+                break
+            logger.info("campaign round %d: %d nights held by other workers; again in %d s",
+                        round_, len(left), self.retry_wait)  # fmt: skip
+            time.sleep(self.retry_wait)
+            state = self.state()
         left = sorted(state.unknown + state.incomplete)
         if failed or left:
             shown = ", ".join(map(str, left[:5])) + ("…" if len(left) > 5 else "")
