@@ -6,23 +6,32 @@ processes on a shared machine, as ``timeit`` — medians in the JSON; each pass 
 
 * **read**: the raw CCD file (one quadrant's share, 1/4) and the quadrant's IPAC ``sciimg``
   header and ``mskimg.fits.gz`` mask (both sides read the same files from the same local IRSA
-  tree; ours with ``fits.getheader``/``fits.getdata`` as the reference: our archive layer only
-  has the simulator behind it);
+  tree). Ours as the catalogue task reads them: the raw bytes decoded by
+  :func:`ztfluigi.raw.read_quadrants` (the compiled Rice decoder), the mask's bytes verified and
+  decoded by :func:`ztfluigi.ipac.read_mask`, the header rebuilt from the IpacHeaders table
+  (:func:`ztfluigi.ipac.header_from_row`; the table is read once per night × CCD × filter:
+  encoded untimed here). The reference reads with astropy (``ztfimg.RawCCD``, ``fits.getdata``);
 * **corrections**: overscan + non-linearity of the quadrant (the reference corrects the CCD:
   1/4 of it);
 * **detrending**: bias, flat, focal-plane factor, split to the quadrant, header, mask;
-* **background**: our default (star-masked sep mesh, raw frame) and its back/rms maps;
+* **background**: our default (star-masked sep mesh, raw frame) and its back/rms maps: the time
+  of ``photometry.quadrant_background`` *inside* the catalogue call (timed by a wrapper, as the
+  corrections inside ``build_science_quadrant``), so nothing is computed twice;
 * **photometry**: catalogue (ours: cone of the refcat store + proper motion; reference: the
-  same epoch positions read from parquet), WCS positions, footprint cut, isolation, sums, minus
-  the background work the call repeats (ours recomputes the sep background: the *background*
-  time is subtracted; the reference re-evaluates the maps of its cached mesh: that is);
+  same epoch positions read from parquet), WCS positions, footprint cut, isolation, sums: the
+  catalogue call minus its background (the reference's minus the maps it re-evaluates from its
+  cached mesh, timed in its background);
 * **write**: the catalogue parquet.
 
-Beside the stages, not in the totals (ours only; the reference has no pocket correction): the
-**pocket** stage, what ``pocket = on`` adds to our corrections (dates ≥ 2019-10-22 get it by
-default; this 2019-03-31 file is corrected as if it were of that era, the cost does not depend
-on the date), and the numpy step-by-step versions of the corrections (with and without pocket)
-and of the detrending next to the compiled ones (``corrections.detrend_quadrant``), as
+Beside the stages, not in the totals (ours only): the raw file read by CFITSIO (``read_raw``,
+what the read stage used before the compiled decoder), one quadrant decoded alone (a single
+quadrant's build), the integrity checks ``verify_raw`` adds to a stored raw file's read
+(checksums, finite pixels; the reference has none), and the **pocket** stage, what
+``pocket = on`` adds to our corrections (the reference, ztfimg 0.19.0 + ztfin2p3 0.4.1, has no
+pocket correction; dates ≥ 2019-10-22 get ours by default; this 2019-03-31 file is corrected as
+if it were of that era, the cost does not depend on the date), and the numpy step-by-step
+versions of the corrections (with and without pocket) and of the detrending next to the
+compiled ones (``corrections.detrend_quadrant``), as
 before/after of the fused kernels in the same run.
 
 The master bias and flat (real-size sky-oriented CCD FITS, the simulator's noise-free truth,
@@ -62,6 +71,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from astropy.io import fits  # noqa: E402
 from astropy.wcs import WCS  # noqa: E402
@@ -71,6 +81,8 @@ from tests import reference_env  # noqa: E402
 from ztfluigi import (  # noqa: E402
     camera,
     corrections,
+    fitschecksum,
+    ipac,
     naming,
     photometry,
     raw,
@@ -88,6 +100,9 @@ DATE, CCDID, QID = dt.date(2019, 3, 31), 10, 2
 STAGES = ("read", "corrections", "detrending", "background", "photometry", "write")
 #: timed beside the stages, not in the totals: (key, label)
 EXTRA_STAGES = (
+    ("read_cfitsio", "read, raw file by CFITSIO (read_raw)"),
+    ("read_one_quadrant", "read, one quadrant decoded alone"),
+    ("raw_integrity", "raw integrity checks (verify_raw)"),
     ("pocket", "pocket (what pocket=on adds)"),
     ("corrections_pocket_off", "corrections, pocket off (again)"),
     ("corrections_pocket_on", "corrections, pocket on"),
@@ -148,6 +163,8 @@ class Inputs:
     flat_path: Path
     sciimg_path: Path  #: IPAC sciimg (header used)
     mskimg_path: Path  #: IPAC mskimg.fits.gz
+    header_table: pa.Table  #: the quadrant's IPAC header as IpacHeaders stores it (read once per
+    #: night × CCD × filter)
     stars_path: Path  #: epoch star list of the quadrant's cone, for the reference
     refcat_url: str  #: our refcat store holding the same stars
 
@@ -194,8 +211,9 @@ def prepare_inputs(scratch: Path) -> Inputs:
                             float(ipac_header["OBSMJD"]))  # fmt: skip
     stars_path = scratch / "stars_at_epoch.parquet"
     pq.write_table(stars.select(list(photometry.GAIA_COLUMNS)), stars_path)
+    header_table = ipac.encode_headers([fits.getheader(sciimg_path)], [(rawname, QID)])
     return Inputs(ztfdata, rawname, raw_path, bias_path, flat_path, sciimg_path, mskimg_path,
-                  stars_path, store)  # fmt: skip
+                  header_table, stars_path, store)  # fmt: skip
 
 
 # --- our side --------------------------------------------------------------------------------
@@ -221,73 +239,87 @@ def read_masters(inp: Inputs) -> Masters:
 
 
 @contextlib.contextmanager
-def timed_corrections(sink: dict[str, float]) -> Iterator[None]:
-    """Time the raw corrections inside ``build_science_quadrant`` (its ``correct_quadrant``)."""
-    original = science.correct_quadrant
+def timed_inner(module: object, name: str, sink: dict[str, float]) -> Iterator[None]:
+    """Time the calls of ``module.name`` made inside the block (e.g. the corrections inside
+    ``build_science_quadrant``, the background inside ``photometry_catalogue``) into
+    ``sink[name]``."""
+    original = getattr(module, name)
 
     def wrapper(*args, **kwargs):
         t0 = time.perf_counter()
         try:
             return original(*args, **kwargs)
         finally:
-            sink["corrections"] = sink.get("corrections", 0.0) + time.perf_counter() - t0
+            sink[name] = sink.get(name, 0.0) + time.perf_counter() - t0
 
-    science.correct_quadrant = wrapper
+    setattr(module, name, wrapper)
     try:
         yield
     finally:
-        science.correct_quadrant = original
+        setattr(module, name, original)
 
 
 def ours_once(inp: Inputs, masters: Masters, catalogue: refcat.RefCatalog, out_url: str):
     """One raw → catalogue pass as the catalogue task runs it; stage times and products."""
     t: dict[str, float] = {}
     t0 = time.perf_counter()
-    ccd = raw.read_raw(storage.read_bytes(str(inp.raw_path)), inp.rawname.filename)
+    ccd = raw.read_quadrants(storage.read_bytes(str(inp.raw_path)), inp.rawname.filename)
     t["read"] = (time.perf_counter() - t0) / 4  # one quadrant's share of the CCD file
     t0 = time.perf_counter()
-    ipac_header = fits.getheader(inp.sciimg_path)
-    ipac_mask = fits.getdata(inp.mskimg_path)
+    ipac_header = ipac.header_from_row(inp.header_table, 0)
+    ipac_mask = ipac.read_mask(storage.read_bytes(str(inp.mskimg_path)), inp.mskimg_path.name,
+                               ccd.data[QID].shape)  # fmt: skip
     t["read"] += time.perf_counter() - t0
 
     inner: dict[str, float] = {}
     t0 = time.perf_counter()
-    with timed_corrections(inner):
+    with timed_inner(science, "correct_quadrant", inner):
         sci = science.build_science_quadrant(
             ccd, inp.rawname, QID, masters.bias, masters.flat, masters.fltnorm,
             masters.fltnorm_fp, ipac_header, ipac_mask, flat_median=masters.flat_median,
         )  # fmt: skip
-    t["corrections"] = inner["corrections"]
-    t["detrending"] = time.perf_counter() - t0 - inner["corrections"]
+    t["corrections"] = inner["correct_quadrant"]
+    t["detrending"] = time.perf_counter() - t0 - inner["correct_quadrant"]
 
     t0 = time.perf_counter()
     ra, dec, radius = refcat.footprint_cone(WCS(sci.header), sci.data.shape, REFCAT_MARGIN_ARCSEC)
     stars = refcat.at_epoch(catalogue.cone(ra, dec, radius), float(sci.header["OBSMJD"]))
     t["photometry_catalogue"] = time.perf_counter() - t0  # part of photometry
-    t_cone = t["photometry_catalogue"]
-
-    # The background the default photometry computes (star-masked), timed on its own: the
-    # catalogue call below recomputes it, and its time is taken out of "photometry".
-    t0 = time.perf_counter()
-    x_raw, y_raw = photometry.positions(sci.header, stars["ra"].to_numpy(), stars["dec"].to_numpy())
-    photometry.quadrant_background(sci.data, sci.mask, x_raw, y_raw,
-                                   stars["phot_g_mean_mag"].to_numpy(), photometry.PhotometrySpec(),
-                                   saturate=float(sci.header.get("SATURATE", "inf")))  # fmt: skip
-    t["background"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    table = photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars)
-    t["photometry"] = t_cone + time.perf_counter() - t0 - t["background"]  # its own background out
+    with timed_inner(photometry, "quadrant_background", inner):
+        table = photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars)
+    t["background"] = inner["quadrant_background"]
+    t["photometry"] = (t["photometry_catalogue"] + time.perf_counter() - t0
+                       - inner["quadrant_background"])  # fmt: skip
 
     t0 = time.perf_counter()
     storage.write_parquet(storage.get_target(out_url), table)
     t["write"] = time.perf_counter() - t0
-    extra_stages(t, ccd, masters)
+    extra_stages(t, inp, ccd, masters)
     return t, ccd, sci, table
 
 
-def extra_stages(t: dict[str, float], ccd: raw.RawCCD, masters: Masters) -> None:
-    """The stages beside the total (:data:`EXTRA_STAGES`) into ``t``; checks pocket-on outputs."""
+def extra_stages(t: dict[str, float], inp: Inputs, ccd: raw.RawCCD, masters: Masters) -> None:
+    """The stages beside the total (:data:`EXTRA_STAGES`) into ``t``; checks pocket-on outputs
+    and that the compiled raw decoder equals CFITSIO."""
+    content = storage.read_bytes(str(inp.raw_path))
+    t0 = time.perf_counter()
+    old = raw.read_raw(content, inp.rawname.filename)
+    t["read_cfitsio"] = (time.perf_counter() - t0) / 4
+    t["_read_bitwise"] = float(all(
+        np.array_equal(old.data[q].view(np.uint32), ccd.data[q].view(np.uint32))
+        and np.array_equal(old.overscan[q].view(np.uint32), ccd.overscan[q].view(np.uint32))
+        for q in range(1, 5)
+    ))  # fmt: skip
+    del old
+    t0 = time.perf_counter()
+    raw.read_quadrants(content, inp.rawname.filename, qids=(QID,))
+    t["read_one_quadrant"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fitschecksum.verify(content, inp.rawname.filename)
+    all(np.isfinite(ccd.data[q]).all() for q in ccd.data)
+    t["raw_integrity"] = (time.perf_counter() - t0) / 4
     data, over = ccd.data[QID], ccd.overscan[QID]
     on, off = CorrectionSpec(pocket="on"), CorrectionSpec(pocket="off")
     results = {}
@@ -584,7 +616,8 @@ def main() -> None:
             extra["ref_masters"] = reference["masters_read_s"]
         print(f"\nseconds per quadrant, best of {args.repeat} passes per side (1 thread each):")
         print(report(ours, ref, extra))
-        print(f"pocket on, fused numba vs numpy steps: max "
+        print(f"raw decoder bitwise CFITSIO: {bool(ours['_read_bitwise'])}; "
+              f"pocket on, fused numba vs numpy steps: max "
               f"{ours['_pocket_on_max_ulps']:.0f} float32 ulps; detrend_quadrant bitwise "
               f"science.detrend: {bool(ours['_detrend_bitwise'])}")  # fmt: skip
         total_ours = sum(ours[s] for s in STAGES)
