@@ -233,3 +233,29 @@ def test_the_synthetic_table_holds_its_files_header_values():
             header = headers.raw_primary_header(exp, 1)
             values = header_values(exp)
             assert values == {k: header.get(k, -1) for k in values}, exp.filefracday
+
+
+def test_ipac_inputs_of_a_read_only_mirror_go_under_root(mirror, tmp_path):
+    """The IPAC headers and masks fetched for a read-only mirror's quadrants are written under
+    ``root`` (like its RawIndex) and read back from there; the mirror is not touched."""
+    from ztfluigi.tasks.ipac import IpacHeaders, IpacMasks, stored_header, stored_mask
+
+    root, _ = mirror
+    before = tree_state(root)
+    products = tmp_path / "products"
+    settings = {"ztfluigi": {"root": str(products), "raw_root": str(root), "archive": "sim"},
+                "sim": SIM}  # fmt: skip
+    with luigi_settings(settings):
+        units = [IpacHeaders(date=DEMO_DATE, ccdid=4, filtercode="zr"),
+                 IpacMasks(date=DEMO_DATE, ccdid=4, filtercode="zr")]  # fmt: skip
+        assert build(*units).status == SUCCESS and all(u.complete() for u in units)
+        assert units[0].output().path.startswith(str(products))
+        branches = units[1].branches()
+        assert branches and all(units[1].branch_output(b).path.startswith(str(products))
+                                for b in branches)  # fmt: skip
+        rawname, qid = branches[0]
+        ccd = raw.read_raw((root / rawname.relpath).read_bytes(), rawname.filename)
+        shape = ccd.data[qid].shape
+        assert stored_mask(rawname, qid, shape).shape == shape
+        assert stored_header(rawname, qid)["CCDID"] == 4
+    assert tree_state(root) == before

@@ -51,9 +51,13 @@ class ztfluigi(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
         default="ztfdata", description="fsspec URL or local path under which every product lives"
     )
     archive = luigi.Parameter(
-        default="sim", description="sim | irsa | http(s)://host:port of an IRSA-compatible server"
-    )
-    raw_root = luigi.Parameter(default="", description="raw files and RawIndex (default: root)")
+        default="sim", description="sim | irsa | none (index a $ZTFDATA mirror from its raw "
+        "files' headers) | http(s)://host:port of an IRSA-compatible server",
+    )  # fmt: skip
+    raw_root = luigi.Parameter(
+        default="", description="raw files and RawIndex (default: root; the RawIndex and IPAC "
+        "inputs of a read-only raw_root go under root)",
+    )  # fmt: skip
     cal_root = luigi.Parameter(default="", description="calibration products (default: root)")
     catalog_root = luigi.Parameter(default="", description="aperture catalogues (default: root)")
     refcat = luigi.Parameter(
@@ -289,6 +293,8 @@ def store_identity() -> dict[str, object]:
     spec = settings().archive
     if spec == "sim":
         return {"archive": "sim", "seed": sim().seed, "scale": sim().scale}
+    if spec == "none":  # whatever the mirror holds: it cannot be told from the configuration
+        return {"archive": "none"}
     return {"archive": "irsa" if spec == "irsa" else "irsa-compatible"}
 
 

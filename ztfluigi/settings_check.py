@@ -12,12 +12,13 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 
 import fsspec
 from fsspec.core import split_protocol
 
-ARCHIVES = ("sim", "irsa")
+ARCHIVES = ("sim", "irsa", "none")
 _HTTP = re.compile(r"^https?://[^/\s:]+(:\d+)?/?$")
 
 
@@ -38,15 +39,22 @@ def unknown_keys(section: str, given: Iterable[str], known: Iterable[str]) -> li
     return problems
 
 
-def _writable(path: str) -> bool:
-    """Whether a local path can be created and written (its nearest existing parent is)."""
+def writable(path: str) -> bool:
+    """Whether a local path can be created and written: its nearest existing parent is a
+    directory this user may write, with a write permission bit (a tree chmod'ed read-only is
+    meant so, even for root, whom the bits do not stop)."""
     path = os.path.abspath(os.path.expanduser(path))
     while not os.path.exists(path):
         parent = os.path.dirname(path)
         if parent == path:
             return False
         path = parent
-    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    write_bits = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK) and bool(mode & write_bits)
 
 
 def store_problems(key: str, url: str, must_write: bool = True) -> list[str]:
@@ -59,7 +67,7 @@ def store_problems(key: str, url: str, must_write: bool = True) -> list[str]:
             fsspec.get_filesystem_class(protocol)
         except (ValueError, ImportError) as exc:
             return [f"[ztfluigi] {key} = {url}: unknown storage protocol {protocol!r} ({exc})"]
-    if must_write and protocol in (None, "file", "local") and not _writable(url.split("://")[-1]):
+    if must_write and protocol in (None, "file", "local") and not writable(url.split("://")[-1]):
         return [f"[ztfluigi] {key} = {url}: not writable"]
     return []
 
@@ -67,7 +75,7 @@ def store_problems(key: str, url: str, must_write: bool = True) -> list[str]:
 def archive_problems(value: str) -> list[str]:
     if value in ARCHIVES or _HTTP.match(value):
         return []
-    return [f"[ztfluigi] archive = {value!r}: expected sim, irsa or http(s)://host[:port]"]
+    return [f"[ztfluigi] archive = {value!r}: expected sim, irsa, none or http(s)://host[:port]"]
 
 
 def int_problem(section: str, key: str, raw: str | None, low: int, high: int | None) -> list[str]:

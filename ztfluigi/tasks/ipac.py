@@ -27,7 +27,13 @@ from ztfluigi import config, ipac, naming, storage
 from ztfluigi.naming import RawName
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.parameters import CcdParameter, FilterParameter, NightParameter
-from ztfluigi.tasks.raw import RawIndex, night_index, science_quadrants
+from ztfluigi.tasks.raw import (
+    RawIndex,
+    beside_raw_url,
+    night_index,
+    raw_product_url,
+    science_quadrants,
+)
 from ztfluigi.tasks.workflow import BranchedUnit
 
 
@@ -43,8 +49,7 @@ class IpacHeaders(progress.OneLineFailures, luigi.Task):
 
     def output(self) -> storage.FsspecTarget:
         return storage.get_target(
-            config.settings().raw_url(
-                naming.ipacheader_relpath(self.date, self.ccdid, self.filtercode)))
+            beside_raw_url(naming.ipacheader_relpath(self.date, self.ccdid, self.filtercode)))
 
     def run(self) -> None:
         archive = config.get_archive()
@@ -85,11 +90,12 @@ def mirror_headers(date: dt.date, quadrants: list[tuple[RawName, int]]) -> pa.Ta
 
 
 def mask_targets(rawname: RawName, qid: int) -> list[storage.FsspecTarget]:
-    """Where a quadrant's IPAC mask may be stored, in reading order (gzip first, as the
+    """Where a quadrant's IPAC mask may be stored, in reading order: the one a run writes
+    (gzip; under ``root`` for a read-only mirror), then the raw store's (gzip first, as the
     reference reads a mirror)."""
-    return [storage.get_target(config.settings().raw_url(
-                naming.science_quadrant_relpath(rawname, qid, suffix)))
-            for suffix in naming.MASK_SUFFIXES]  # fmt: skip
+    relpaths = [naming.science_quadrant_relpath(rawname, qid, s) for s in naming.MASK_SUFFIXES]
+    urls = [raw_product_url(relpaths[0]), *map(config.settings().raw_url, relpaths)]
+    return [storage.get_target(url) for url in dict.fromkeys(urls)]
 
 
 class IpacMasks(BranchedUnit):

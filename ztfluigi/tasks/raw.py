@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import stat
 
 import luigi
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ztfluigi import config, naming, raw, storage
+from ztfluigi import config, naming, raw, settings_check, storage
 from ztfluigi.archive import ArchiveUnreachable, mirror
 from ztfluigi.naming import RawName
 from ztfluigi.storage.urls import protocol_of
@@ -39,40 +37,35 @@ from ztfluigi.tasks.workflow import BranchedUnit
 logger = logging.getLogger("luigi-interface")
 
 
-def _read_only_local(url: str) -> bool:
-    """Whether a local path cannot be created and written: its nearest existing directory is
-    on a read-only mount, not writable by this user, or carries no write permission bit at all
-    (a tree chmod'ed read-only is meant so, even for root, whom the bits do not stop)."""
-    path = os.path.abspath(os.path.expanduser(url.split("://", 1)[-1]))
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            return True
-        path = parent
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return True
-    return not (os.access(path, os.W_OK | os.X_OK) and mode & (stat.S_IWUSR | stat.S_IWGRP
-                                                               | stat.S_IWOTH))  # fmt: skip
+@functools.lru_cache(maxsize=8)
+def read_only_mirror(raw_root: str) -> bool:
+    """Whether ``raw_root`` is a local tree this process cannot write (a read-only mirror)."""
+    local = protocol_of(raw_root) in ("file", "local")
+    return local and not settings_check.writable(raw_root.split("://", 1)[-1])
+
+
+def raw_product_url(relpath: str) -> str:
+    """Where a product kept beside the raw files (RawIndex, IPAC header tables and masks) is
+    written: the raw store, or ``root`` when the raw store is a read-only local mirror."""
+    section = config.settings()
+    if section.raw_root and section.raw_root != section.root and read_only_mirror(section.raw_root):
+        return storage.url_join(section.root, relpath)
+    return section.raw_url(relpath)
+
+
+def beside_raw_url(relpath: str) -> str:
+    """Where such a product is read: a read-only mirror's own copy if it has one, else
+    :func:`raw_product_url` (the one place deciding it)."""
+    url, in_raw = raw_product_url(relpath), config.settings().raw_url(relpath)
+    if url != in_raw and storage.get_target(in_raw).exists():
+        return in_raw
+    return url
 
 
 def rawindex_url(date: object) -> str:
-    """Where a night's RawIndex lives (the one place deciding it): in the raw store, next to
-    the raw files; under ``root`` when the raw store is a read-only local mirror without it
-    (the index is a product, not a raw file)."""
-    section = config.settings()
-    relpath = naming.rawindex_relpath(date)
-    in_raw = section.raw_url(relpath)
-    if not section.raw_root or section.raw_root == section.root:
-        return in_raw
-    if protocol_of(in_raw) not in ("file", "local") or not _read_only_local(
-        os.path.dirname(in_raw)
-    ):
-        return in_raw
-    if storage.get_target(in_raw).exists():  # a read-only mirror's own index
-        return in_raw
-    return storage.url_join(section.root, relpath)
+    """Where a night's RawIndex lives: next to the raw files, under ``root`` for a read-only
+    mirror without its own (the index is a product, not a raw file)."""
+    return beside_raw_url(naming.rawindex_relpath(date))
 
 
 class RawIndex(progress.OneLineFailures, luigi.Task):
