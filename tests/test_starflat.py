@@ -208,3 +208,23 @@ def test_selection_cuts_and_full_size_positions():
     assert meas.mag[0] == pytest.approx(-12.5) and meas.colour[0] == pytest.approx(1.0)
     with pytest.raises(starflat.StarflatError):
         starflat.fit_starflat(meas.subset(np.zeros(1, bool)))
+
+
+def test_narrowed_fit_is_another_product():
+    """A CCD subset or another grid names its own outputs; the 16 CCDs are the default."""
+    from ztfluigi.tasks.parameters import InvalidParameter
+    from ztfluigi.tasks.starflat import StarflatFit
+
+    full = StarflatFit(date=DEMO_DATE, filtercode="zr")
+    same = StarflatFit(date=DEMO_DATE, filtercode="zr", ccdids=list(range(16, 0, -1)))
+    assert same.task_id == full.task_id and full.variant() == "" and full.ccds() == [*range(1, 17)]
+    narrow = StarflatFit(date=DEMO_DATE, filtercode="zr", ccdids="11, 6,7,10,7", grid=16)
+    assert narrow.ccdids == (6, 7, 10, 11) and narrow.config().grid == (16, 16)
+    assert narrow.variant() == "c06-07-10-11_g16"
+    assert narrow.output()["cells"].path.endswith("_zr_starflat_c06-07-10-11_g16_cells.parquet")
+    assert full.output()["cells"].path.endswith("_zr_starflat_cells.parquet")
+    assert [t.ccdid for t in narrow.requires()] == [6, 7, 10, 11]
+    with pytest.raises(InvalidParameter, match="ccdid 17"):
+        StarflatFit(date=DEMO_DATE, filtercode="zr", ccdids="6,17")
+    with pytest.raises(InvalidParameter, match="grid 0"):
+        StarflatFit(date=DEMO_DATE, filtercode="zr", grid=0)

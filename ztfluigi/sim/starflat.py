@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
-from ztfluigi import camera, photometry, refcat
+from ztfluigi import camera, photometry, refcat, starflat
 from ztfluigi.sim import astrometry, detector, gaia, psf, rawfile, sky, truth
 from ztfluigi.sim.schedule import Exposure, SimConfig, night_log, rng_for
 
@@ -88,6 +88,48 @@ def _dzp_window(cfg: SimConfig, date: dt.date, exp: Exposure, ccdid: int, qid: i
             _DZP_CACHE.clear()
         _DZP_CACHE[key] = truth.dzp_map(cfg, date, exp, ccdid, qid)
     return _DZP_CACHE[key]
+
+
+def true_dzp_at(
+    cfg: SimConfig, date: dt.date, filtercode: str, ccdid: np.ndarray, qid: np.ndarray,
+    x: np.ndarray, y: np.ndarray,
+) -> np.ndarray:
+    """The δZP (mag) injected at full-size raw-oriented 0-based pixels ``(x, y)`` of quadrants
+    ``(ccdid, qid)`` of a scale's windows (:func:`ztfluigi.sim.truth.dzp_map` at the nearest
+    pixel): what a star measured there saw in the pipeline's photometry."""
+    exposure = starflat_exposures(cfg, date, filtercode)[0]  # dzp_map depends on its filter only
+    shape = camera.quadrant_shape(cfg.scale)
+    y0, x0 = camera.window_offset(shape)
+    ccdid, qid = np.asarray(ccdid), np.asarray(qid)
+    out = np.full(np.shape(x), np.nan)
+    for c, q in sorted(set(zip(ccdid.tolist(), qid.tolist(), strict=True))):
+        # Python ints: the simulator's random streams are keyed on repr(), and np.int64(6)
+        # is not 6 there.
+        sel = (ccdid == c) & (qid == q)
+        window = _dzp_window(cfg, date, exposure, int(c), int(q))
+        px = np.clip(np.round(np.asarray(x)[sel] - x0).astype(int), 0, shape[1] - 1)
+        py = np.clip(np.round(np.asarray(y)[sel] - y0).astype(int), 0, shape[0] - 1)
+        out[sel] = window[py, px]
+    return out
+
+
+def true_cells(
+    result: starflat.StarflatResult, cfg: SimConfig, date: dt.date, filtercode: str
+) -> np.ndarray:
+    """The truth of every fitted cell in the fit's gauge: the 1/σ²-weighted mean of the injected
+    δZP over the cell's kept measurements (the average the cell's parameter estimates)."""
+    res = result.residuals
+    rcid = np.asarray(res["rcid"], np.int64)
+    dzp = true_dzp_at(cfg, date, filtercode, rcid // 4 + 1, rcid % 4 + 1, res["x"], res["y"])
+    nx, ny = result.config.grid
+    ix, iy = starflat.cell_index(res["x"], res["y"], result.config.grid)
+    key = (rcid * ny + iy) * nx + ix
+    w = 1.0 / np.asarray(res["sigma"]) ** 2
+    sums = np.bincount(key, weights=w * dzp, minlength=64 * nx * ny)
+    weights = np.bincount(key, weights=w, minlength=64 * nx * ny)
+    fitted = ((4 * (result.cell_ccdid.astype(np.int64) - 1) + result.cell_qid - 1) * ny
+              + result.cell_iy) * nx + result.cell_ix  # fmt: skip
+    return result.in_gauge(sums[fitted] / weights[fitted])
 
 
 def analytic_dzp(filtercode: str, xi: np.ndarray, eta: np.ndarray) -> np.ndarray:

@@ -13,44 +13,100 @@ from ztfluigi.provenance import package_versions
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.calib import MasterFlat, cal_target
 from ztfluigi.tasks.catalog import ApertureCatalog, ApertureCatalogUnit
-from ztfluigi.tasks.parameters import FilterParameter, NightParameter
+from ztfluigi.tasks.parameters import (
+    CcdParameter,
+    FieldParameter,
+    FilterParameter,
+    InvalidParameter,
+    NightParameter,
+)
 
 TABLES = ("cells", "quadrants", "exposures", "terms", "stars", "stats")
 PICTURES = ("residual_fp", "residual_quadnorm", "gain")
+DEFAULT_GRID = starflat.StarflatConfig().grid[0]  #: δZP cells per quadrant side by default
 
 
-def starflat_relpath(date: dt.date, filtercode: str, name: str) -> str:
-    """``cal/starflat/YYYY/MMDD/ztfin2p3_YYYYMMDD_000000_{filter}_starflat_{name}``."""
+def starflat_relpath(date: dt.date, filtercode: str, name: str, variant: str = "") -> str:
+    """``cal/starflat/YYYY/MMDD/ztfin2p3_YYYYMMDD_000000_{filter}_starflat[_{variant}]_{name}``."""
+    tag = f"starflat_{variant}" if variant else "starflat"
     return (f"cal/starflat/{date:%Y}/{date:%m%d}/"
-            f"ztfin2p3_{date:%Y%m%d}_000000_{filtercode}_starflat_{name}")  # fmt: skip
+            f"ztfin2p3_{date:%Y%m%d}_000000_{filtercode}_{tag}_{name}")  # fmt: skip
+
+
+class CcdListParameter(luigi.Parameter):
+    """CCD ids as a comma-separated list (``6,7,10,11``), normalised to a sorted tuple; empty =
+    all 16."""
+
+    def parse(self, s: str) -> tuple[int, ...]:
+        return self.normalize([p for p in s.replace(" ", "").split(",") if p])
+
+    def normalize(self, value: object) -> tuple[int, ...]:
+        if isinstance(value, str):
+            return self.parse(value)
+        ids = sorted({CcdParameter().normalize(v) for v in (value or ())})
+        return () if ids == list(range(1, 17)) else tuple(ids)
+
+    def serialize(self, value: tuple[int, ...]) -> str:
+        return ",".join(str(c) for c in value)
 
 
 class StarflatFit(progress.OneLineFailures, luigi.Task):
     """Starflat fit of one night and filter (:mod:`ztfluigi.starflat`): parquet tables + PNGs.
 
-    Requires the night's aperture catalogues of the filter (narrowed to one ``field`` if given);
-    the master flats they were built with are dynamic dependencies (their quadrant medians give
-    the per-quadrant normalisation). Deterministic: inputs are read in path order.
+    Requires the night's aperture catalogues of the filter (narrowed to one ``field`` and to
+    some CCDs if given: each CCD's catalogues are an ``ApertureCatalog --ccdid``, whose
+    focal-plane level still needs the 16 CCDs' master flats); the master flats they were built
+    with are dynamic dependencies (their quadrant medians give the per-quadrant normalisation).
+    A narrowed fit or another cell grid is another product: its file names carry
+    :meth:`variant`. Deterministic: inputs are read in path order.
     """
 
     date = NightParameter()
     filtercode = FilterParameter()
-    field = luigi.IntParameter(default=0, description="only this ZTF field (0 = all)")
+    field = FieldParameter()
+    ccdids = CcdListParameter(default=(), description="only these CCDs, e.g. 6,7,10,11 "
+                                                      "(empty = all 16)")  # fmt: skip
+    grid = luigi.IntParameter(default=DEFAULT_GRID,
+                              description="δZP cells per full-size quadrant side")  # fmt: skip
 
-    def requires(self) -> ApertureCatalog:
-        return ApertureCatalog(date=self.date, filtercode=self.filtercode, field=self.field)
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        if self.grid < 1:
+            raise InvalidParameter(f"grid {self.grid} must be a positive number of cells")
+
+    def ccds(self) -> list[int]:
+        """The CCDs whose catalogues are fitted."""
+        return list(self.ccdids) or list(range(1, 17))
+
+    def variant(self) -> str:
+        """File-name tag of a narrowed fit (``f000413_c06-07-10-11_g16``); empty by default."""
+        parts = [f"f{self.field:06d}"] if self.field else []
+        parts += [f"c{'-'.join(f'{c:02d}' for c in self.ccdids)}"] if self.ccdids else []
+        parts += [f"g{self.grid}"] if self.grid != DEFAULT_GRID else []
+        return "_".join(parts)
+
+    def config(self) -> starflat.StarflatConfig:
+        """The fit's cuts and model (defaults but the cell grid)."""
+        return starflat.StarflatConfig(grid=(self.grid, self.grid))
+
+    def requires(self) -> ApertureCatalog | list[ApertureCatalog]:
+        if not self.ccdids:
+            return ApertureCatalog(date=self.date, filtercode=self.filtercode, field=self.field)
+        return [ApertureCatalog(date=self.date, filtercode=self.filtercode, field=self.field,
+                                ccdid=c) for c in self.ccdids]  # fmt: skip
 
     def output(self) -> dict[str, storage.FsspecTarget]:
-        out = {name: cal_target(starflat_relpath(self.date, self.filtercode, f"{name}.parquet"))
-               for name in TABLES}  # fmt: skip
-        out |= {name: cal_target(starflat_relpath(self.date, self.filtercode, f"{name}.png"))
-                for name in PICTURES}  # fmt: skip
+        def target(name: str) -> storage.FsspecTarget:
+            return cal_target(starflat_relpath(self.date, self.filtercode, name, self.variant()))
+
+        out = {name: target(f"{name}.parquet") for name in TABLES}
+        out |= {name: target(f"{name}.png") for name in PICTURES}
         return out
 
     def catalogue_targets(self) -> list[storage.FsspecTarget]:
-        """The night's catalogue targets of this filter, in path order."""
+        """The night's catalogue targets of this filter (and CCDs), in path order."""
         targets = []
-        for c in range(1, 17):
+        for c in self.ccds():
             unit = ApertureCatalogUnit(date=self.date, ccdid=c, filtercode=self.filtercode,
                                        field=self.field)  # fmt: skip
             targets += unit.output()
@@ -68,12 +124,12 @@ class StarflatFit(progress.OneLineFailures, luigi.Task):
         levels = self._quadrant_levels(tables, flats)
         provenance = {
             "date": self.date.isoformat(), "filtercode": self.filtercode,
-            "field": str(self.field),
+            "field": str(self.field), "ccdids": json.dumps(self.ccds()),
             "input_catalogues": json.dumps([t.path.rsplit("/", 1)[-1] for t in targets]),
             "input_flats": json.dumps(sorted(t.path.rsplit("/", 1)[-1] for t in flats.values())),
         }  # fmt: skip
         write_products(self.output(), tables, levels, provenance,
-                       f"{self.date} {self.filtercode} starflat")  # fmt: skip
+                       f"{self.date} {self.filtercode} starflat", self.config())  # fmt: skip
 
     def _flat_tasks(self, tables: list) -> Iterator[list[luigi.Task]]:  # noqa: ANN001
         """The master flats the catalogues used (dynamic dependencies), by CCD."""
@@ -143,6 +199,6 @@ def write_products(
     return result
 
 
-def starflat_url(date: dt.date, filtercode: str, name: str) -> str:
-    """URL of one StarflatFit output under ``cal_root``."""
-    return config.settings().cal_url(starflat_relpath(date, filtercode, name))
+def starflat_url(date: dt.date, filtercode: str, name: str, variant: str = "") -> str:
+    """URL of one StarflatFit output under ``cal_root`` (``variant``: StarflatFit.variant)."""
+    return config.settings().cal_url(starflat_relpath(date, filtercode, name, variant))
