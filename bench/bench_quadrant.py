@@ -282,13 +282,14 @@ def ours_once(inp: Inputs, masters: Masters, catalogue: refcat.RefCatalog, out_u
     t["detrending"] = time.perf_counter() - t0 - inner["correct_quadrant"]
 
     t0 = time.perf_counter()
-    ra, dec, radius = refcat.footprint_cone(WCS(sci.header), sci.data.shape, REFCAT_MARGIN_ARCSEC)
+    wcs = photometry.quadrant_wcs(sci.header)  # one WCS for the cone and the positions
+    ra, dec, radius = refcat.footprint_cone(wcs, sci.data.shape, REFCAT_MARGIN_ARCSEC)
     stars = refcat.at_epoch(catalogue.cone(ra, dec, radius), float(sci.header["OBSMJD"]))
     t["photometry_catalogue"] = time.perf_counter() - t0  # part of photometry
 
     t0 = time.perf_counter()
     with timed_inner(photometry, "quadrant_background", inner):
-        table = photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars)
+        table = photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars, wcs=wcs)
     t["background"] = inner["quadrant_background"]
     t["photometry"] = (t["photometry_catalogue"] + time.perf_counter() - t0
                        - inner["quadrant_background"])  # fmt: skip

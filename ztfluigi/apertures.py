@@ -45,6 +45,7 @@ __all__ = [
     "SEP_APER_TRUNC",
     "ApertureSums",
     "circular_apertures",
+    "background_mask",
     "circular_overlap",
     "disk_mask",
 ]
@@ -529,10 +530,14 @@ def _disks(
             h = min(ch, ny - cy * ch)
             w = min(cw, nx - cx * cw)
             limit[cy, cx] = max_fraction * h * w
+    column_cell = np.empty(nx, np.int64)
+    for ix in range(nx):
+        column_cell[ix] = ix // cw
     for iy in range(ny):
+        row = masked[iy // ch]
         for ix in range(nx):
             if out[iy, ix]:
-                masked[iy // ch, ix // cw] += 1
+                row[column_cell[ix]] += 1
     painted = 0
     for i in range(x.size):
         ri = r[i]
@@ -568,6 +573,7 @@ def disk_mask(
     *,
     base: np.ndarray | None = None,
     cell: tuple[int, int] | None = None,
+    in_place: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Boolean image: ``base`` or'ed with disks of ``radius`` (pixels) at ``(x, y)`` (0-based).
 
@@ -577,9 +583,15 @@ def disk_mask(
     brightest stars first so that in crowded cells the faint ones are the ones left out, and the
     cells of sep's background mesh so that every cell keeps enough sky (sep ignores a mesh cell
     with fewer than half of its pixels usable, and returns 0 when all are). Returns the mask and
-    the number of disks painted. Non-finite centres or radii are skipped.
+    the number of disks painted. Non-finite centres or radii are skipped. ``in_place``: paint
+    into ``base`` itself (when it is a C-contiguous bool array) instead of a copy.
     """
-    out = np.zeros(shape, dtype=bool) if base is None else np.array(base, dtype=bool, copy=True)
+    if base is None:
+        out = np.zeros(shape, dtype=bool)
+    elif in_place and base.dtype == bool and base.flags.c_contiguous:
+        out = base
+    else:
+        out = np.array(base, dtype=bool, copy=True)
     if out.shape != tuple(shape):
         raise ValueError(f"base shape {out.shape} != {tuple(shape)}")
     cw, ch = (shape[1], shape[0]) if cell is None else cell
@@ -588,3 +600,39 @@ def disk_mask(
     r = np.ascontiguousarray(np.broadcast_to(radius, x.shape), dtype=np.float64)
     painted = _disks(out, x, y, r, np.int64(cw), np.int64(ch), float(max_fraction))
     return out, int(painted)
+
+
+@_njit
+def _bad_pixels(image: np.ndarray, mask: np.ndarray, bits: np.int64, saturate: float,
+                out: np.ndarray) -> bool:  # fmt: skip
+    nonfinite = False
+    for y in range(image.shape[0]):
+        row_nonfinite = False
+        for x in range(image.shape[1]):
+            v = image[y, x]
+            nf = not np.isfinite(v)
+            out[y, x] = nf | ((np.int64(mask[y, x]) & bits) != 0) | (v > saturate)
+            row_nonfinite |= nf
+        nonfinite |= row_nonfinite
+    return nonfinite
+
+
+def background_mask(
+    image: np.ndarray, mask: np.ndarray | None, bits: int, saturate: float = math.inf
+) -> tuple[np.ndarray, bool]:
+    """Pixels a background estimate must not use — non-finite, any of the mask's ``bits`` set,
+    or above ``saturate`` — in one pass (a C-contiguous bool map, for :func:`disk_mask`'s
+    ``base``), and whether any pixel was non-finite."""
+    img = _native(np.asarray(image), np.asarray(image).dtype)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-d, got shape {img.shape}")
+    if mask is None:
+        m = np.zeros(img.shape, np.uint8)
+    else:
+        m = np.asarray(mask)
+        if m.shape != img.shape:
+            raise ValueError(f"mask shape {m.shape} != image shape {img.shape}")
+        m = _native(m, m.dtype) if m.dtype.kind in "iu" else np.ascontiguousarray(m, np.int64)
+    out = np.empty(img.shape, np.bool_)
+    nonfinite = _bad_pixels(img, m, np.int64(bits), float(saturate), out)
+    return out, bool(nonfinite)
