@@ -9,7 +9,7 @@ CCDs' zr master flats and biases (480 raw frames, ≈ 70 s at load 2: about half
 synthesising, compressing and verifying raw frames). All 21 dithers (the issue asks ≥ 20) are
 kept. Two CCDs are too few: with 6, 7 or 6, 10 three directions stay free and the pull std rises
 to 1.25–1.35. Scale 16 is no cheaper: its windows hold a quarter of the stars, so as many stars
-per cell need all 16 CCDs (1,344 catalogues: 285 CPU-s, per-quadrant overhead dominating; pull
+per cell need all 16 CCDs (1,344 catalogues: 243 user CPU-s, per-quadrant overhead dominating; pull
 std 0.93, χ²/dof 1.12 with the default grid). Cells of 192 px
 (``grid`` 16): each 385 × 384 window of a quadrant splits into 2 × 2 cells (64 cells, ≥ 8 stars
 each); the default 5 × 5 grid puts a whole window in one cell (16 cells: a pull std from 11
