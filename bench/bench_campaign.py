@@ -109,9 +109,10 @@ def _watch_windows(trace: bool) -> dict[str, list]:
 
 
 def run_one(strategy: str, days: int, fields: int, window: int, workers: int,
-            memory: str = "") -> dict:  # fmt: skip
+            memory: str = "", keep_instances: bool = False) -> dict:  # fmt: skip
     """One strategy over ``days`` nights in this process; the measured record (``memory``:
-    'rss' or 'trace' also records memory per campaign window)."""
+    'rss' or 'trace' also records memory per campaign window; ``keep_instances``: the campaign
+    does not clear Luigi's task instance cache, as before)."""
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_scheduling import _touch, stub_pixel_work
 
@@ -136,6 +137,10 @@ def run_one(strategy: str, days: int, fields: int, window: int, workers: int,
     factory.create_local_scheduler = recording
     stop = START + dt.timedelta(days=days - 1)
     windows = _watch_windows(memory == "trace") if memory and strategy == "campaign" else {}
+    if keep_instances:  # as before the campaign cleared Luigi's instance cache per window
+        from luigi.task_register import Register
+
+        Register.clear_instance_cache = classmethod(lambda cls: None)
 
     class DynamicWindows(ApertureCatalogCampaign):
         """The windows as dynamic dependencies of one task, yielded one after the other."""
@@ -169,7 +174,8 @@ def run_one(strategy: str, days: int, fields: int, window: int, workers: int,
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
     return {
-        "strategy": strategy, "nights": days, "fields_per_night": fields, "window": window,
+        "strategy": strategy + (" (instances kept)" if keep_instances else ""), "nights": days,
+        "fields_per_night": fields, "window": window,
         "status": result.status.name, "complete": complete, "quadrants": quadrants,
         "peak_scheduler_tasks": n_tasks, "schedulers": len(schedulers),
         "peak_state_pickle_mb": round(state_bytes / 1e6, 2),
@@ -198,11 +204,13 @@ def main() -> None:
                         help="longest span run for range/dynamic (they grow with it)")
     parser.add_argument("--memory", choices=("", "rss", "trace"), default="",
                         help="campaign: record memory per window (trace: tracemalloc, slower)")
+    parser.add_argument("--keep-instances", action="store_true",
+                        help="campaign: keep Luigi's task instance cache (the unbounded before)")
     parser.add_argument("--one", nargs=2, metavar=("STRATEGY", "NIGHTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         record = run_one(args.one[0], int(args.one[1]), args.fields, args.window, args.workers,
-                         args.memory)  # fmt: skip
+                         args.memory, args.keep_instances)  # fmt: skip
         print(json.dumps(record))
         return
     records = []
@@ -212,6 +220,7 @@ def main() -> None:
                 continue
             cmd = [sys.executable, __file__, "--fields", str(args.fields), "--window",
                    str(args.window), "--workers", str(args.workers), "--memory", args.memory,
+                   *(["--keep-instances"] if args.keep_instances else []),
                    "--one", strategy, str(days)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             record = json.loads(out.strip().splitlines()[-1])

@@ -283,9 +283,18 @@ class RegionNight(ApertureCatalog):
     region = RegionParameter(default="", description="sky region (toy, or ra1,ra2,dec1,dec2)")
 
     def requires(self) -> list[ApertureCatalogUnit]:
+        """The units of the CCDs and filters with a selected quadrant (all of them until the
+        night is indexed: a night's ≈ 50 empty units are then not scheduled)."""
         ccds, filters = self._selection()
-        return [RegionCatalogUnit(date=self.date, ccdid=c, filtercode=f, field=self.field,
-                                  region=self.region) for c in ccds for f in filters]  # fmt: skip
+        units = [RegionCatalogUnit(date=self.date, ccdid=c, filtercode=f, field=self.field,
+                                   region=self.region) for c in ccds for f in filters]  # fmt: skip
+        if not RawIndex(date=self.date).output().exists():
+            return units
+        index = night_index(self.date)
+        used = {(r.ccdid, r.filtercode) for f in filters
+                for r, _ in selected_quadrants(index, self.region, f)
+                if self.field in (0, r.field)}  # fmt: skip
+        return [u for u in units if (u.ccdid, u.filtercode) in used]
 
     def night_inputs(self) -> list[luigi.Task]:
         reqs = super().night_inputs()
@@ -462,6 +471,15 @@ class ApertureCatalogCampaign(progress.OneLineFailures, luigi.Task):
         outer = luigi.worker.worker().id
         return outer or f"campaign-{self.element}@{os.uname().nodename}"
 
+    def _window_builds(self, window: list[dt.date], state: CampaignState
+                       ) -> Iterator[list[luigi.Task]]:  # fmt: skip
+        """A window's builds, each made once the previous one ran and ``state`` was updated: its
+        new nights' RawIndexes, then its incomplete nights (a night without a selected quadrant
+        is complete once indexed: its ≈ 60 empty tasks are never scheduled)."""
+        yield [RawIndex(date=d) for d in window if d not in state.counts]
+        incomplete = set(state.incomplete)
+        yield [self.night_task(d) for d in window if d in incomplete]
+
     def run(self) -> None:
         kwargs = self._build_kwargs()
         workers = self.window_workers or luigi.interface.core().workers
@@ -472,26 +490,27 @@ class ApertureCatalogCampaign(progress.OneLineFailures, luigi.Task):
             todo = sorted(state.unknown + state.incomplete)
             windows = _rotated(list(_windows(todo, self.window)), self.element, self.elements)
             failed: list[str] = []
-            held = False
             for i, window in enumerate(windows):
                 self._report(i, len(windows), window, state, len(failed))
-                tasks = [self.night_task(d) for d in window]
-                factory = _NamedWorkers(f"{base_id} window {window[0]}..{window[-1]}")
-                result = luigi.build(tasks, workers=workers, detailed_summary=True,
-                                     log_level="WARNING", worker_scheduler_factory=factory,
-                                     **kwargs)  # fmt: skip
-                if result.status.name == "NOT_RUN":  # held by another driver (or not ready)
-                    held = True
-                elif result.status.name not in _BUILT:
-                    failed.append(f"{window[0]}..{window[-1]}: {result.one_line_summary}")
-                del tasks, result, factory
-                # Luigi keeps every task instance ever made (Register's instance cache): a
-                # finished window's would pile up over a campaign (DESIGN.md §5)
-                luigi.task_register.Register.clear_instance_cache()
-                state.update(self.state(window))
+                name = f"{base_id} window {window[0]}..{window[-1]}"
+                for tasks in self._window_builds(window, state):
+                    if not tasks:
+                        continue
+                    result = luigi.build(tasks, workers=workers, detailed_summary=True,
+                                         log_level="WARNING", **kwargs,
+                                         worker_scheduler_factory=_NamedWorkers(name))  # fmt: skip
+                    # tasks another driver holds on luigid are left pending (NOT_RUN, or
+                    # SUCCESS when they are all it did not run)
+                    if result.status.name not in (*_BUILT, "NOT_RUN"):
+                        failed.append(f"{window[0]}..{window[-1]}: {result.one_line_summary}")
+                    del tasks, result
+                    # Luigi keeps every task instance ever made (Register's instance cache): a
+                    # finished window's would pile up over a campaign (DESIGN.md §5)
+                    luigi.task_register.Register.clear_instance_cache()
+                    state.update(self.state(window))
             self._report(len(windows), len(windows), [], state, len(failed))
             left = sorted(state.unknown + state.incomplete)
-            if failed or not left or not held:
+            if failed or not left or "scheduler_url" not in kwargs:
                 break
             logger.info("campaign round %d: %d nights held by other workers; again in %d s",
                         round_, len(left), self.retry_wait)  # fmt: skip
