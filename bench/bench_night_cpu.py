@@ -153,8 +153,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the store")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="ztfluigi-bench-night-cpu-"))
+    from ztfluigi import config
+    from ztfluigi.tasks import ApertureCatalog  # first: importing reloads luigi's configuration
+
     configure(scratch / "store", args.scale)
-    from ztfluigi.tasks import ApertureCatalog
+    if not config.settings().root.startswith(str(scratch)):
+        sys.exit(f"the store is not the scratch one: {config.settings().root}")
 
     ledger = Ledger()
     load_start = os.getloadavg()

@@ -4,7 +4,6 @@ the provenance of every step that made it (pure: no Luigi, no store)."""
 from __future__ import annotations
 
 import pyarrow as pa
-from astropy.wcs import WCS
 
 from ztfluigi import photometry, refcat
 from ztfluigi.corrections import CorrectionSpec
@@ -65,14 +64,16 @@ def quadrant_catalogue(
     """Aperture catalogue of a science quadrant: the reference cone at the epoch, then aperture
     photometry of every star (``photometry_spec``, recorded by it), with
     :func:`catalogue_metadata`."""
-    ra, dec, radius = refcat.footprint_cone(WCS(sci.header), sci.data.shape, REFCAT_MARGIN_ARCSEC)
+    wcs = photometry.quadrant_wcs(sci.header)  # one WCS for the cone and the positions
+    ra, dec, radius = refcat.footprint_cone(wcs, sci.data.shape, REFCAT_MARGIN_ARCSEC)
     # only the columns used: a real Gaia DR3 partition has 152 (unrequested chunks never read)
     cone = catalogue.cone(ra, dec, radius, columns=[*photometry.GAIA_COLUMNS, "pmra", "pmdec"])
     stars = refcat.at_epoch(cone, float(sci.header["OBSMJD"]))
     metadata = catalogue_metadata(sci, rawname, qid, calibration, refcat_name, archive_name,
                                   correction)  # fmt: skip
     table = photometry.photometry_catalogue(sci.data, sci.mask, sci.header, stars,
-                                            metadata=metadata, spec=photometry_spec)  # fmt: skip
+                                            metadata=metadata, spec=photometry_spec,
+                                            wcs=wcs)  # fmt: skip
     return with_exposure_columns(table, sci.header, rawname, qid)
 
 
