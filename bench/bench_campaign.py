@@ -125,13 +125,21 @@ def run_one(strategy: str, days: int, fields: int, window: int, workers: int,
     stub_pixel_work()
     _stub_ipac_inputs(_touch)
 
-    schedulers = []
+    # the largest scheduler so far and the latest one (an earlier, smaller one is let go: keeping
+    # every window's scheduler would itself grow with the campaign)
+    schedulers: dict[str, object] = {"peak": None, "last": None, "count": 0}
+
+    def n_held(sched: object) -> int:
+        return -1 if sched is None else len(sched._state._tasks)
+
     factory = luigi.interface._WorkerSchedulerFactory
     create = factory.create_local_scheduler
 
     def recording(self):  # noqa: ANN001, ANN202 - luigi's factory method
         sched = create(self)
-        schedulers.append(sched)
+        if n_held(schedulers["last"]) > n_held(schedulers["peak"]):
+            schedulers["peak"] = schedulers["last"]
+        schedulers["last"], schedulers["count"] = sched, schedulers["count"] + 1
         return sched
 
     factory.create_local_scheduler = recording
@@ -161,7 +169,7 @@ def run_one(strategy: str, days: int, fields: int, window: int, workers: int,
     result = luigi.build([entry], local_scheduler=True, workers=outer_workers,
                          log_level="WARNING", detailed_summary=True)  # fmt: skip
     wall = time.perf_counter() - t0
-    peak = max(schedulers, key=lambda s: len(s._state._tasks))
+    peak = max(schedulers["peak"], schedulers["last"], key=n_held)
     n_tasks = len(peak._state._tasks)
     state_bytes = len(pickle.dumps(peak._state))
     page_bytes = len(json.dumps(peak.task_list("", "")))
@@ -177,7 +185,7 @@ def run_one(strategy: str, days: int, fields: int, window: int, workers: int,
         "strategy": strategy + (" (instances kept)" if keep_instances else ""), "nights": days,
         "fields_per_night": fields, "window": window,
         "status": result.status.name, "complete": complete, "quadrants": quadrants,
-        "peak_scheduler_tasks": n_tasks, "schedulers": len(schedulers),
+        "peak_scheduler_tasks": n_tasks, "schedulers": schedulers["count"],
         "peak_state_pickle_mb": round(state_bytes / 1e6, 2),
         "peak_task_list_json_mb": round(page_bytes / 1e6, 2),
         "wall_s": round(wall, 1), "overhead_ms_per_quadrant": round(1000 * wall / quadrants, 2),
