@@ -197,6 +197,8 @@ def decode_image(content: bytes | np.ndarray, span: tuple[int, int, int],
         raise Unsupported(f"TFORM1 = {h.get('TFORM1')!r}")
     if "ZBLANK" in h or h.get("ZTILE1") != h.get("ZNAXIS1"):
         raise Unsupported("null values or tiles other than whole rows")
+    if not isinstance(h.get("ZDITHER0"), int):
+        raise Unsupported("no ZDITHER0 (the dither seed)")
     params = {h.get(f"ZNAME{i}"): h.get(f"ZVAL{i}") for i in (1, 2, 3)}
     if params.get("BYTEPIX", 4) != 4:
         raise Unsupported(f"BYTEPIX {params.get('BYTEPIX')}")
@@ -215,7 +217,7 @@ def decode_image(content: bytes | np.ndarray, span: tuple[int, int, int],
         raise ValueError("tile descriptors point beyond the heap (damaged)")
     out = np.empty((nrows, ncols), np.float32)
     bad = _decode(buf[:end], heap, count, offset, rows["zscale"].astype(np.float64),
-                  rows["zzero"].astype(np.float64), int(h.get("ZDITHER0", 1)), nblock, _RANDOMS,
+                  rows["zzero"].astype(np.float64), int(h["ZDITHER0"]), nblock, _RANDOMS,
                   _NONZERO, out)  # fmt: skip
     if bad >= 0:
         raise ValueError(f"tile {bad + 1}: Rice stream ends early (damaged)")
