@@ -24,6 +24,7 @@ requests are the figure of merit, and a projection at S3 latencies is printed be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import io
 import json
@@ -111,7 +112,12 @@ def populate(fs: object, dates: list[dt.date], spec: str, per_exposure: int, bui
         n_cat += len(paths)
         n_dirs += len({p.rsplit("/", 1)[0] for p in paths})
         if len(objects) > 5000 or i == len(dates) - 1:
-            fs.pipe(objects)
+            if fs is None:  # a local store
+                for path, data in objects.items():
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    Path(path).write_bytes(data)
+            else:
+                fs.pipe(objects)
             objects = {}
     return {"nights": len(dates), "nights_with_region_data": n_with, "catalogue_objects": n_cat,
             "exposure_directories": n_dirs}  # fmt: skip
@@ -124,15 +130,17 @@ def measure(fs: object, entry: object, threads: int) -> dict:
 
     raw._load_index.cache_clear()  # each run reads the RawIndexes it needs
     out = io.StringIO()
-    with RequestCounter(fs) as counter:
+    with contextlib.nullcontext() if fs is None else RequestCounter(fs) as counter:
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         missing = campaign_status(entry, out, threads=threads)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     lines = out.getvalue().splitlines()
     total = next(line for line in lines if line.startswith("total"))
-    return {"threads": threads, "seconds": round(seconds, 1), "requests": counter.total,
-            "by_operation": dict(counter.by_operation), "missing": missing, "total_line": total,
-            "table": lines}  # fmt: skip
+    requests = {} if counter is None else {"requests": counter.total,
+                                           "by_operation": dict(counter.by_operation)}
+    return {"threads": threads, "seconds": round(seconds, 1), "process_cpu_s": round(cpu, 1),
+            **requests, "missing": missing, "total_line": total, "table": lines}  # fmt: skip
 
 
 def main() -> None:
@@ -144,39 +152,51 @@ def main() -> None:
                         help="catalogue objects per exposure directory")
     parser.add_argument("--built-every", type=int, default=1,
                         help="build every N-th night with data (1: all)")
+    parser.add_argument("--local", action="store_true",
+                        help="a store on local disk instead of S3 (no server)")
     args = parser.parse_args()
 
     from ztfluigi import storage
     from ztfluigi.tasks.campaign import COUNT_THREADS, ApertureCatalogCampaign, nights
 
     start, stop = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.stop)
-    with moto_s3() as server:
-        os.environ.update(server.env())
-        bucket = server.create_bucket(f"bench-{uuid.uuid4().hex[:8]}")
-        root = f"s3://{bucket}/store"
-        _configure(root)
-        fs = storage.get_target(root).fs.fsspec
+    entry_kw = {"start": start, "stop": stop, "region": args.region, "filtercode": ""}
+    with contextlib.ExitStack() as stack:
+        if args.local:
+            root, fs = tempfile.mkdtemp(prefix="ztfluigi-status-store-"), None
+            _configure(root)
+        else:
+            server = stack.enter_context(moto_s3())
+            os.environ.update(server.env())
+            root = f"s3://{server.create_bucket(f'bench-{uuid.uuid4().hex[:8]}')}/store"
+            _configure(root)
+            fs = storage.get_target(root).fs.fsspec
         t0 = time.perf_counter()
         written = populate(fs, nights(start, stop), args.region, args.per_exposure,
                            args.built_every)  # fmt: skip
         populate_s = time.perf_counter() - t0
         print(f"populated in {populate_s:.0f} s: {written}", flush=True)
-        entry = ApertureCatalogCampaign(start=start, stop=stop, region=args.region,
-                                        filtercode="")  # fmt: skip
+        entry = ApertureCatalogCampaign(**entry_kw)
         runs = [measure(fs, entry, COUNT_THREADS), measure(fs, entry, 1)]
     assert runs[0]["total_line"] == runs[1]["total_line"]
     for r in runs:
-        lo, hi = (r["requests"] / r["threads"] * s for s in S3_LATENCY_S)
-        r["projected_s3_s"] = [round(lo, 1), round(hi, 1)]
-        print(f"threads {r['threads']:>3}: {r['seconds']:>7.1f} s, {r['requests']} requests "
-              f"{r['by_operation']}; at S3 latencies ≈ {lo:.0f}-{hi:.0f} s", flush=True)
+        if "requests" in r:
+            lo, hi = (r["requests"] / r["threads"] * s for s in S3_LATENCY_S)
+            r["projected_s3_s"] = [round(lo, 1), round(hi, 1)]
+            where = (f"{r['requests']} requests {r['by_operation']}; "
+                     f"at S3 latencies ≈ {lo:.0f}-{hi:.0f} s")
+        else:
+            where = "local disk"
+        print(f"threads {r['threads']:>3}: {r['seconds']:>7.1f} s wall, "
+              f"{r['process_cpu_s']} s CPU; {where}", flush=True)  # fmt: skip
     print("\n".join(runs[0]["table"]))
-    record = {"start": args.start, "stop": args.stop, "region": args.region, **written,
-              "populate_s": round(populate_s), "runs": runs,
-              "server": "moto ThreadedMotoServer on 127.0.0.1 (same process)"}  # fmt: skip
+    store = "local disk" if args.local else "moto ThreadedMotoServer on 127.0.0.1 (same process)"
+    record = {"start": args.start, "stop": args.stop, "region": args.region, "store": store,
+              **written, "populate_s": round(populate_s), "runs": runs}  # fmt: skip
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "campaign_status.json").write_text(json.dumps(record, indent=1))
+    name = "campaign_status_local.json" if args.local else "campaign_status.json"
+    (out / name).write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":
