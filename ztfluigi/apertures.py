@@ -535,9 +535,11 @@ def _disks(
         column_cell[ix] = ix // cw
     for iy in range(ny):
         row = masked[iy // ch]
-        for ix in range(nx):
-            if out[iy, ix]:
-                row[column_cell[ix]] += 1
+        for cx in range(ncx):  # a plain (vectorisable) count per cell and row
+            count = 0
+            for ix in range(cx * cw, min((cx + 1) * cw, nx)):
+                count += out[iy, ix]
+            row[cx] += count
     painted = 0
     for i in range(x.size):
         ri = r[i]
@@ -555,11 +557,12 @@ def _disks(
         xb = min(np.int64(math.floor(x[i] + ri)), nx - 1)
         for iy in range(ya, yb + 1):
             dy = iy - y[i]
+            cy_row = iy // ch
             for ix in range(xa, xb + 1):
                 dx = ix - x[i]
                 if dx * dx + dy * dy <= r2 and not out[iy, ix]:
                     out[iy, ix] = True
-                    masked[iy // ch, ix // cw] += 1
+                    masked[cy_row, column_cell[ix]] += 1
         painted += 1
     return painted
 
