@@ -17,6 +17,9 @@ quadrants, overhead per quadrant (wall, and CPU of the process and its children:
 machine the CPU figure is the steadier one), process peak RSS.
 
     python bench/bench_campaign.py --fields 20 --spans 7,30,91
+    # memory per window of the campaign driver; --keep-instances: as before it cleared Luigi's
+    # task instance cache; --memory trace: the allocation sites that grew (tracemalloc, slower)
+    python bench/bench_campaign.py --fields 3 --strategies campaign --spans 56 --memory rss
 """
 
 from __future__ import annotations
