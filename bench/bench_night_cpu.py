@@ -31,6 +31,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -70,12 +71,14 @@ class Ledger:
         self.rendering: dict[str, float] = defaultdict(float)
         self.runs: dict[str, int] = defaultdict(int)
         self.current: list[str] = []
+        self.catalogue_steps: dict[str, list[float]] = defaultdict(list)  #: inside the units
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
         """Time every task ``run()`` (luigi's in-process TaskProcess) and every rendering call."""
         from ztfluigi.archive.sim import SimArchive
         from ztfluigi.sim import gaia
+        from ztfluigi.tasks import catalog
 
         saved: list[tuple[object, str, Callable]] = []
         depth = [0]  # rendering calls nest (a header table renders headers): outermost only
@@ -116,12 +119,22 @@ class Ledger:
         for name in SIM_RENDERING:
             wrap(SimArchive, name, lambda s, n=name: self._render(n, s))
         wrap(gaia, "write_sim_catalog", lambda s: self._render("write_sim_catalog", s))
+        # the catalogue units' steps (names as tasks/catalog.py calls them)
+        steps = ((catalog, "read_stored_raw"), (catalog, "read_calibration"),
+                 (catalog, "science_quadrant"), (catalog.catalogue, "quadrant_catalogue"),
+                 (catalog.storage, "write_parquet"))  # fmt: skip
+        for owner, name in steps:
+            wrap(owner, name, lambda s, n=name: self._step(n, s))
         try:
             yield
         finally:
             luigi.worker.TaskProcess.run = original_run
             for owner, name, original in saved:
                 setattr(owner, name, original)
+
+    def _step(self, name: str, seconds: float) -> None:
+        if self.current and self.current[-1] == "ApertureCatalogUnit":
+            self.catalogue_steps[name].append(seconds)
 
     def _render(self, name: str, seconds: float) -> None:
         family = self.current[-1] if self.current else "(outside tasks)"
@@ -221,6 +234,13 @@ def main() -> None:
         "cpu_s_synthetic_excluded": round(synthetic, 2),
         "cpu_s_net_of_rendering_by_family": {k: round(v, 2) for k, v in sorted(net.items())},
         "cpu_s_scheduling": round(scheduling, 2),
+        # per call: the first carries the process's one-time costs (numba kernels loaded from
+        # their cache, imports); a worker that builds thousands of quadrants pays them once
+        "cpu_s_catalogue_unit_steps": {
+            k: {"calls": len(v), "total": round(sum(v), 3), "first": round(v[0], 3),
+                "median": round(statistics.median(v), 4)}
+            for k, v in ledger.catalogue_steps.items()
+        },
         "cpu_s_per_quadrant_this_scale": {k: round(v, 4) for k, v in per_quadrant.items()},
         "cpu_s_per_quadrant_this_scale_without_masters": round(quadrant_work / quadrants, 4),
         "masters_cpu_s_per_ccd_this_scale": round(per_ccd_masters, 2),
