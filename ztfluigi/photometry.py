@@ -944,8 +944,9 @@ def catalogue_table(
     metadata : mapping of str to str, optional
         Caller's key-value metadata (provenance, epoch, …). Merged with this module's keys
         ``radii`` (JSON list, pixels), ``radii_unit``, ``xy_convention``, ``mask_bits`` (6141,
-        photometry), ``mask_bits_background`` (8191), ``flag_bits``, ``error_model``, ``columns``
-        (JSON column → description), ``image_shape``; this module's keys take precedence.
+        photometry), ``mask_bits_background`` (8191), ``flag_bits``, ``error_model``,
+        ``image_shape``; this module's keys take precedence. The columns' descriptions are not
+        repeated in every file: they are :data:`CATALOGUE_COLUMNS` (and the README's table).
     spec : PhotometrySpec, optional
         The spec ``phot`` was made with (the flag descriptions depend on it); default the
         reference's.
@@ -1041,7 +1042,6 @@ def photometry_metadata(
         "error_model": "f_k_e^2 = f_k_ebkg^2 + max(f_k, 0)/GAIN; "
         "f_k_ebkg = sqrt(sum(rms^2 * overlap)) x mask rescaling (sep)",
         "image_shape": json.dumps([int(shape[0]), int(shape[1])]),
-        "columns": json.dumps(CATALOGUE_COLUMNS, ensure_ascii=False),
     }
 
 

@@ -68,13 +68,16 @@ def read_raw(content: bytes, name: str = "raw file") -> RawCCD:
     return ccd
 
 
-def verify_raw(content: bytes, name: str = "raw file") -> RawCCD:
-    """Check a downloaded raw file completely (structure, checksums, decompression); return it."""
+def verify_raw(
+    content: bytes, name: str = "raw file", qids: tuple[int, ...] = (1, 2, 3, 4)
+) -> RawCCD:
+    """Check a raw file (structure, checksums, decompression of quadrants ``qids``: all by
+    default, as a download is checked); return it (:func:`read_quadrants`)."""
     try:
         fitschecksum.verify(content, name)
     except fitschecksum.FitsIntegrityError as exc:
         raise RawFileError(str(exc) if name in str(exc) else f"{name}: {exc}") from None
-    ccd = read_raw(content, name)
+    ccd = read_quadrants(content, name, qids)
     if not all(np.isfinite(ccd.data[q]).all() for q in ccd.data):
         raise RawFileError(f"{name}: non-finite pixel values")
     return ccd

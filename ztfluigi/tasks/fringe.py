@@ -17,13 +17,13 @@ from collections.abc import Iterator
 
 import luigi
 
-from ztfluigi import config, fringes, raw, storage
+from ztfluigi import config, fringes, storage
 from ztfluigi.naming import RawName
 from ztfluigi.provenance import PIPELINE, package_versions
 from ztfluigi.tasks import progress
 from ztfluigi.tasks.calib import cal_target
 from ztfluigi.tasks.parameters import FIRST_NIGHT, CcdParameter, InvalidParameter, NightParameter
-from ztfluigi.tasks.raw import RawIndex, night_index, raw_target, select_raw
+from ztfluigi.tasks.raw import RawIndex, night_index, read_stored_raw, select_raw
 from ztfluigi.tasks.science import (
     ScienceQuadrant,
     calibration_tasks,
@@ -132,7 +132,7 @@ class FringeModel(progress.OneLineFailures, luigi.Task):
             paths = tuple(t.output().path for t in tasks)
             if paths != key:  # exposures come in time order: calibrations change by night
                 key, calibration = paths, load_calibration(match, tasks)
-            ccd = raw.read_raw(storage.read_bytes(raw_target(rawname).path), rawname.filename)
+            ccd = read_stored_raw(rawname)
             for qid in range(1, 5):
                 sci = science_quadrant(ccd, rawname, qid, calibration)  # uncorrected
                 maps[qid].append(fringes.fringe_map(sci.data, sci.mask, rawname.filename))

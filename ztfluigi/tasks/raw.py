@@ -124,12 +124,12 @@ def raw_target(rawname: RawName) -> storage.FsspecTarget:
     return storage.get_target(config.settings().raw_url(rawname.relpath))
 
 
-def read_stored_raw(rawname: RawName) -> raw.RawCCD:
-    """A raw file from the raw store, verified (structure, checksums, decompression);
-    :class:`~ztfluigi.storage.DamagedProduct` naming it when it fails."""
+def read_stored_raw(rawname: RawName, qids: tuple[int, ...] = (1, 2, 3, 4)) -> raw.RawCCD:
+    """A raw file from the raw store (quadrants ``qids``), verified (structure, checksums,
+    decompression); :class:`~ztfluigi.storage.DamagedProduct` naming it when it fails."""
     url = raw_target(rawname).path
     try:
-        return raw.verify_raw(storage.read_bytes(url), rawname.filename)
+        return raw.verify_raw(storage.read_bytes(url), rawname.filename, qids)
     except raw.RawFileError as exc:
         raise storage.DamagedProduct(f"damaged raw file {url}: {exc}", url) from None
 

@@ -235,7 +235,7 @@ class ScienceQuadrantTarget(luigi.Target):
                                            np.asarray(mask.data))  # fmt: skip
         calibration = load_calibration(*self._stored_calibration())
         calibration = with_fringe(calibration, fringe_task(self.rawname))
-        ccd = read_stored_raw(self.rawname)
+        ccd = read_stored_raw(self.rawname, (self.qid,))
         return science_quadrant(ccd, self.rawname, self.qid, calibration)
 
 
