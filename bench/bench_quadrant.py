@@ -84,6 +84,7 @@ from ztfluigi import (  # noqa: E402
     camera,
     corrections,
     fitschecksum,
+    fringes,
     ipac,
     naming,
     photometry,
@@ -96,6 +97,7 @@ from ztfluigi.archive.sim import SimArchive  # noqa: E402
 from ztfluigi.catalogue import REFCAT_MARGIN_ARCSEC  # noqa: E402
 from ztfluigi.corrections import CorrectionSpec  # noqa: E402
 from ztfluigi.sim import detector, gaia, truth  # noqa: E402
+from ztfluigi.sim import fringes as simfringes  # noqa: E402
 from ztfluigi.sim.schedule import SimConfig  # noqa: E402
 
 DATE, CCDID, QID = dt.date(2019, 3, 31), 10, 2
@@ -113,6 +115,7 @@ EXTRA_STAGES = (
     ("corrections_numpy_pocket_on", "corrections, numpy steps, pocket on"),
     ("detrend_numpy", "science.detrend (numpy)"),
     ("detrend_compiled", "corrections.detrend_quadrant"),
+    ("fringe", "zi fringe fit + subtraction (3 modes)"),
 )
 FP_OVER_CCD = 1.03  #: FLTNORM_FP / FLTNORM written in the master flat (a 3 % CCD step)
 RESULTS = Path("bench/results")
@@ -349,6 +352,15 @@ def extra_stages(t: dict[str, float], inp: Inputs, ccd: raw.RawCCD, masters: Mas
                                           masters.fltnorm_fp / masters.fltnorm)  # fmt: skip
     t["detrend_compiled"] = clock() - t0
     t["_detrend_bitwise"] = float(np.array_equal(new, ref, equal_nan=True))
+    # what fringe = on adds to a zi quadrant: the simulator's 3 line-group modes at full size,
+    # sampled as a FringeModel stores them, fitted to this quadrant and subtracted
+    step = fringes.MAP_BIN
+    modes = simfringes.fringe_modes(0, CCDID, QID, new.shape)[:, ::step, ::step]
+    modes = np.ascontiguousarray(modes / np.sqrt(np.mean(modes**2, axis=(1, 2)))[:, None, None],
+                                 np.float32)  # fmt: skip
+    t0 = clock()
+    fringes.correct(new, None, modes)
+    t["fringe"] = clock() - t0
 
 
 def _float32_ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
