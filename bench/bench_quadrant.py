@@ -95,6 +95,7 @@ from ztfluigi import (  # noqa: E402
 )
 from ztfluigi.archive.sim import SimArchive  # noqa: E402
 from ztfluigi.catalogue import REFCAT_MARGIN_ARCSEC  # noqa: E402
+from ztfluigi.catalogue import parquet_options as catalogue_options  # noqa: E402
 from ztfluigi.corrections import CorrectionSpec  # noqa: E402
 from ztfluigi.sim import detector, gaia, truth  # noqa: E402
 from ztfluigi.sim import fringes as simfringes  # noqa: E402
@@ -301,7 +302,8 @@ def ours_once(inp: Inputs, masters: Masters, catalogue: refcat.RefCatalog, out_u
                        - inner["quadrant_background"])  # fmt: skip
 
     t0 = clock()
-    storage.write_parquet(storage.get_target(out_url), table)
+    storage.write_parquet(storage.get_target(out_url), table,
+                          **catalogue_options(table))  # as the catalogue task writes it
     t["write"] = clock() - t0
     extra_stages(t, inp, ccd, masters)
     return t, ccd, sci, table
