@@ -86,3 +86,14 @@ def test_starflat_night_replaces_the_science_block_only():
     # Another night is unchanged.
     other = DEMO_DATE + dt.timedelta(days=1)
     assert night_log(cfg, other) == night_log(SimConfig(), other)
+
+
+def test_random_streams_do_not_depend_on_the_integer_type_of_their_keys():
+    """``np.int64(6)`` and ``6`` are the same CCD: the same stream (a numpy key once gave
+    another instrument, e.g. from a catalogue's ccdid column)."""
+    import numpy as np
+
+    from ztfluigi.sim.schedule import rng_for
+
+    a = rng_for(0, "amp", 6, 2).random(3)
+    np.testing.assert_array_equal(a, rng_for(np.int64(0), "amp", np.int64(6), np.int8(2)).random(3))

@@ -65,6 +65,8 @@ def status_table(entry_words: list[str], out: TextIO | None = None, verify: bool
         n_exist = sum(flags)
         if kind in inventory.OPTIONAL_KINDS and not n_exist:
             continue
+        if kind in inventory.CONFIGURED_KINDS and not flags:
+            continue
         if kind not in inventory.OPTIONAL_KINDS:
             missing += len(flags) - n_exist
         print(f"{kind:<12} {n_exist:>8} {len(flags) - n_exist:>8} {len(flags):>8}", file=out)

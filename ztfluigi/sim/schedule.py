@@ -93,8 +93,10 @@ class Exposure:
 
 
 def rng_for(seed: int, *keys: object) -> np.random.Generator:
-    """A generator that depends only on ``seed`` and ``keys`` (never on call order)."""
-    digest = hashlib.sha256(repr((seed,) + keys).encode()).digest()
+    """A generator that depends only on ``seed`` and ``keys`` (never on call order); numpy
+    scalars key as the Python values they hold (``repr(np.int64(6))`` is not ``'6'``)."""
+    keys = tuple(k.item() if isinstance(k, np.generic) else k for k in keys)
+    digest = hashlib.sha256(repr((int(seed),) + keys).encode()).digest()
     return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))
 
 

@@ -31,6 +31,8 @@ KINDS = ("rawindex", "raw", "ipacheader", "mask", "bias", "flat", "focal_plane",
          "catalogue", "science")
 #: Kinds shown only when some exist (science quadrants are virtual unless ``store_science``).
 OPTIONAL_KINDS = ("science",)
+#: Kinds shown only when the configuration asks for some (fringe models: ``[ztfluigi] fringe``).
+CONFIGURED_KINDS = ("fringe",)
 
 
 @dataclass(frozen=True)

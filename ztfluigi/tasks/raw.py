@@ -94,7 +94,7 @@ class RawIndex(progress.OneLineFailures, luigi.Task):
         storage.write_parquet(self.output(), table, metadata=metadata)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # a 7-night window + calibration nights (survey nights: ≈ 4 MB)
 def _load_index(url: str) -> pa.Table:
     return storage.read_parquet(url)
 
