@@ -32,6 +32,18 @@ class RawCCD:
     overscan: dict[int, np.ndarray]  #: qid → (nrows, 30)
 
 
+def raw_hdu_spans(content: bytes, name: str = "raw file") -> list[tuple[int, int, int]]:
+    """The (header start, data start, end) byte spans of a raw file's HDUs; RawFileError naming
+    the file when it is not a FITS file of the :data:`N_HDU` HDUs of a ZTF raw file."""
+    try:
+        spans = fitschecksum.hdu_spans(content)
+    except fitschecksum.FitsIntegrityError as exc:
+        raise RawFileError(f"{name}: {exc}") from None
+    if len(spans) != N_HDU:
+        raise RawFileError(f"{name}: {len(spans)} HDUs, a ZTF raw file has {N_HDU}")
+    return spans
+
+
 def read_raw(content: bytes, name: str = "raw file") -> RawCCD:
     """Decode a raw ``.fits.fz`` file held in memory; raises RawFileError with the file name.
 
@@ -39,12 +51,7 @@ def read_raw(content: bytes, name: str = "raw file") -> RawCCD:
     a scratch copy in memory-backed storage; headers keep their cards (compressed HDUs show their
     ``Z*`` bookkeeping keys besides the image keys).
     """
-    try:
-        spans = fitschecksum.hdu_spans(content)
-    except fitschecksum.FitsIntegrityError as exc:
-        raise RawFileError(f"{name}: {exc}") from None
-    if len(spans) != N_HDU:
-        raise RawFileError(f"{name}: {len(spans)} HDUs, a ZTF raw file has {N_HDU}")
+    spans = raw_hdu_spans(content, name)
     try:
         with tempfile.NamedTemporaryFile(suffix=".fits.fz", dir=_SCRATCH) as tmp:
             tmp.write(content)
@@ -118,12 +125,7 @@ def read_quadrants(
     """
     from ztfluigi import ricefits
 
-    try:
-        spans = fitschecksum.hdu_spans(content)
-    except fitschecksum.FitsIntegrityError as exc:
-        raise RawFileError(f"{name}: {exc}") from None
-    if len(spans) != N_HDU:
-        raise RawFileError(f"{name}: {len(spans)} HDUs, a ZTF raw file has {N_HDU}")
+    spans = raw_hdu_spans(content, name)
     hdrs = [fits.Header.fromstring(content[a:b]) for a, b, _ in spans]
     buf = np.frombuffer(content, np.uint8)
     try:

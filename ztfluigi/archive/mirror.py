@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -43,18 +42,7 @@ def night_dir(raw_root: str, date: dt.date) -> str:
 def mirror_raw_names(raw_root: str, date: dt.date) -> list[tuple[RawName, str]]:
     """(raw name, URL) of every raw file of the night under ``raw_root``; other names (hidden
     temporaries, set-aside damaged copies, IPAC products) are left out."""
-    url = night_dir(raw_root, date)
-    target_fs = storage.get_target(url).fs
-    fs = target_fs.fsspec
-    path = fs._strip_protocol(url)
-    if target_fs.is_local:  # names only: fsspec's find stats every file
-        found = [os.path.join(d, n) for d, _, names in os.walk(path) for n in names]
-    else:
-        fs.invalidate_cache(path)
-        try:
-            found = fs.find(path)
-        except (FileNotFoundError, NotADirectoryError):
-            found = []
+    found = storage.files_under(night_dir(raw_root, date))
     files = []
     for found_path in sorted(found):
         try:

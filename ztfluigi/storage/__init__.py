@@ -26,7 +26,7 @@ from ztfluigi.storage.filesystems import (
     set_default_storage_options,
     set_s3_part_size,
 )
-from ztfluigi.storage.listing import ListingCache, bulk_exists, set_confirm_missing
+from ztfluigi.storage.listing import ListingCache, bulk_exists, files_under, set_confirm_missing
 from ztfluigi.storage.products import (
     DIGEST_KEY,
     DamagedProduct,
@@ -56,6 +56,7 @@ __all__ = [
     "FsspecFileSystem",
     "FsspecTarget",
     "ListingCache",
+    "files_under",
     "ProductError",
     "quarantine",
     "table_digest",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 
@@ -22,6 +23,24 @@ def list_directory(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
         entries = fsspec.asyn.sync(fs.loop, fs._lsdir, directory, refresh=True)
         return [e["name"] for e in entries]
     return fs.ls(directory, detail=False)
+
+
+def files_under(url: str) -> list[str]:
+    """Paths of every file below a directory URL (recursively; none if it does not exist): one
+    walk of names on local disk (fsspec's ``find`` stats every file), ``find`` elsewhere (a
+    recursive LIST on S3), never from a stale cache."""
+    from ztfluigi.storage.targets import get_target
+
+    target_fs = get_target(url).fs
+    fs = target_fs.fsspec
+    path = fs._strip_protocol(url)
+    if target_fs.is_local:
+        return [f"{d}/{n}" for d, _, names in os.walk(path) for n in names]
+    fs.invalidate_cache(path)
+    try:
+        return fs.find(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 class ListingCache:

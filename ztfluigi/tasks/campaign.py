@@ -126,18 +126,7 @@ class NightListing:
     def names(self, date: dt.date) -> set[str]:
         """Base names of every file under the night's directory (hidden temporaries excluded)."""
         if date not in self._names:
-            url = self.night_dir(date)
-            target_fs = storage.get_target(url).fs
-            fs = target_fs.fsspec
-            path = fs._strip_protocol(url)
-            if target_fs.is_local:  # names only: fsspec's find stats every file
-                found = [name for _, _, files in os.walk(path) for name in files]
-            else:
-                fs.invalidate_cache(path)
-                try:
-                    found = fs.find(path)
-                except (FileNotFoundError, NotADirectoryError):
-                    found = []
+            found = storage.files_under(self.night_dir(date))
             with self._count:
                 self.n_listings += 1
             names = {p.rstrip("/").rpartition("/")[2] for p in found}
