@@ -26,10 +26,10 @@ import datetime as dt
 import warnings
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from ztfluigi import camera, nonlinearity, pocket
+from ztfluigi.jit import compiled
 
 ORDERS = ("overscan-first", "nl-first")
 POCKET_SETTINGS = ("auto", "on", "off")  #: auto = on for UT dates >= pocket.POCKET_START
@@ -248,14 +248,7 @@ def detrend_quadrant(
 # source file, so a kernel calling pocket's kernels must live in pocket.py.
 
 
-def _jit(func):  # noqa: ANN001, ANN202
-    try:
-        return numba.njit(cache=True, nogil=True, error_model="numpy")(func)
-    except RuntimeError:  # "cannot cache function …: no locator available"
-        return numba.njit(nogil=True, error_model="numpy")(func)
-
-
-@_jit
+@compiled
 def _fused(data, model, a, b, nl_first, out):  # noqa: ANN001, ANN202
     """Overscan + NL, raw orientation; returns the number of values outside the NL domain."""
     nrows, ncols = data.shape
@@ -275,7 +268,7 @@ def _fused(data, model, a, b, nl_first, out):  # noqa: ANN001, ANN202
     return bad
 
 
-@_jit
+@compiled
 def _detrend(r, bias, flat, factor, out):  # noqa: ANN001, ANN202
     """science.detrend's float32 operations, pixel by pixel; returns the bad-flat count."""
     nrows, ncols = r.shape

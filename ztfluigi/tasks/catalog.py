@@ -45,7 +45,6 @@ from ztfluigi.tasks.science import (
     QuadrantParameters,
     ScienceQuadrant,
     calibration_tasks,
-    fringe_task,
     ipac_inputs,
     read_calibration,
     science_correction,
@@ -122,7 +121,7 @@ def build_catalogues(
     if config.settings().refcat == "sim":  # only nights with science have a synthetic catalogue
         yield [SimRefCatalog(date=date)]
     match, calib_tasks = yield from calibration_tasks(date, ccdid, filtercode)
-    fringe = fringe_task(todo[0][0])  # one model per CCD and period: all of ``todo``'s
+    fringe = model_for(date, ccdid, filtercode)  # the CCD's model of the period (zi, when on)
     if fringe is not None:
         yield [fringe]
     calibration = with_fringe(read_calibration(match, calib_tasks), fringe)
