@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import re
 
-import numba
 import numpy as np
 from astropy.io import fits
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
+
+from ztfluigi.jit import compiled
 
 __all__ = ["Unsupported", "decode_image", "dither_table"]
 
@@ -45,128 +49,181 @@ def dither_table() -> np.ndarray:
 _RANDOMS = dither_table()
 
 
-def _nonzero_count() -> np.ndarray:
-    """Position of the highest set bit of each byte (1-based; 0 for 0), ``nonzero_count``."""
-    out = np.zeros(256, np.int64)
-    for b in range(1, 256):
-        out[b] = b.bit_length()
-    return out
+#: First dither index of each seed, CFITSIO's ``(int) (fits_rand_value[iseed] * 500)``
+#: (a float32 product; the float64 one truncates to the same 10 000 integers).
+_STARTS = (_RANDOMS * np.float32(500)).astype(np.int64)
+_RANDOMS64 = _RANDOMS.astype(np.float64)  #: the deviates as the float64 the dequantisation uses
 
 
-_NONZERO = _nonzero_count()
+@intrinsic
+def _clz64(typingctx: object, x: types.Type) -> tuple:
+    """Leading zero bits of a uint64 (64 for 0): LLVM ``ctlz``, one ``lzcnt`` instruction."""
+
+    def codegen(context: object, builder: ir.IRBuilder, signature: object, args: list) -> object:
+        return builder.ctlz(args[0], ir.Constant(ir.IntType(1), 0))
+
+    return types.int64(types.uint64), codegen
 
 
-@numba.njit(cache=True, nogil=True)
-def _rice_tile(buf: np.ndarray, start: int, nbytes: int, out: np.ndarray, nblock: int,
-               nonzero: np.ndarray) -> bool:  # fmt: skip
+@intrinsic
+def _be64_at(typingctx: object, addr: types.Type) -> tuple:
+    """The 8 bytes at memory address ``addr`` as a big-endian uint64 (one unaligned load and a
+    byte swap); the caller guarantees they are inside its buffer."""
+
+    def codegen(context: object, builder: ir.IRBuilder, signature: object, args: list) -> object:
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.bswap(builder.load(ptr, align=1))
+
+    return types.uint64(types.uint64), codegen
+
+
+@intrinsic
+def _u8_at(typingctx: object, addr: types.Type) -> tuple:
+    """The byte at memory address ``addr`` (as a uint64)."""
+
+    def codegen(context: object, builder: ir.IRBuilder, signature: object, args: list) -> object:
+        ptr = builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+        return builder.zext(builder.load(ptr), ir.IntType(64))
+
+    return types.uint64(types.uint64), codegen
+
+
+_U64 = np.uint64
+
+
+@compiled
+def _refill(addr: int, n: int, pos: int, acc: int, nb: int) -> tuple[int, int, int]:
+    """Top up the bit buffer to ≥ 56 bits: ``acc`` (uint64) holds ``nb`` unread bits of the
+    stream left-aligned, ``pos`` is the index of the next byte not counted in ``nb``, ``addr`` the
+    address of byte 0 of the ``n``-byte buffer. One 8-byte load while 8 bytes remain (the bits
+    below the ``nb`` counted ones are the stream's next bits, loaded again next time), else byte
+    by byte, as zeros past the buffer's end (the caller's bit count reports the overrun).
+    Arguments are scalars, not the array, so that no reference count is touched per pixel."""
+    if pos + 8 <= n:
+        acc |= _be64_at(addr + _U64(pos)) >> _U64(nb)
+        pos += (63 - nb) >> 3
+        nb |= 56
+    else:
+        while nb <= 56:
+            if pos < n:
+                acc |= _u8_at(addr + _U64(pos)) << _U64(56 - nb)
+            pos += 1
+            nb += 8
+    return pos, acc, nb
+
+
+@compiled
+def _rice_tile(buf: np.ndarray, start: int, nbytes: int, out: np.ndarray, nblock: int) -> bool:
     """``fits_rdecomp`` for 4-byte pixels: ``out.size`` int32 values from ``buf[start:…]``;
-    False when the stream is shorter than it must be. CFITSIO's unsigned 32-bit arithmetic is
-    done in int64; only the low 32 bits of each pixel are kept, which is the same."""
-    fsbits, fsmax, bbits = 5, 25, 32
-    end = start + nbytes
+    False when the stream is shorter than it must be (it needs bits past ``start + nbytes``).
+
+    The stream is read through a 64-bit bit buffer (:func:`_refill`), the unary part of each code
+    by a leading-zero count. Past the tile's end the buffer may hold the next tile's bytes (never
+    bytes past ``buf``): the bits consumed are checked against the tile's after each block, as
+    CFITSIO does, and inside a run of zeros, which is the only loop they could prolong. Pixel
+    sums are done in int64, of which only the low 32 bits are kept (CFITSIO's unsigned 32-bit
+    arithmetic)."""
+    fsbits, fsmax = 5, 25
     if nbytes < 5:
         return False
-    c = start
-    lastpix = (np.int64(buf[c]) << 24) | (np.int64(buf[c + 1]) << 16) | (
-        np.int64(buf[c + 2]) << 8) | np.int64(buf[c + 3])  # fmt: skip
-    c += 4
-    b = np.int64(buf[c])
-    c += 1
-    nbits = np.int64(8)
+    n = buf.size
+    addr = _U64(buf.ctypes.data)
+    lastpix = (np.int64(buf[start]) << 24) | (np.int64(buf[start + 1]) << 16) | (
+        np.int64(buf[start + 2]) << 8) | np.int64(buf[start + 3])  # fmt: skip
+    first = start + 4
+    limit = 8 * (nbytes - 4)  # bits of the tile after the first pixel
+    pos, acc, nb = first, _U64(0), np.int64(0)
     nx = out.size
     i = 0
     while i < nx:
-        nbits -= fsbits
-        while nbits < 0:
-            if c >= end:
-                return False
-            b = (b << 8) | np.int64(buf[c])
-            c += 1
-            nbits += 8
-        fs = (b >> nbits) - 1
-        b &= (np.int64(1) << nbits) - 1
+        pos, acc, nb = _refill(addr, n, pos, acc, nb)
+        fs = np.int64(acc >> _U64(64 - fsbits)) - 1
+        acc <<= _U64(fsbits)
+        nb -= fsbits
         imax = min(i + nblock, nx)
-        if fs < 0:
+        if fs < 0:  # low-entropy block: all pixels equal the previous one
+            value = np.int32(lastpix & 0xFFFFFFFF)
             while i < imax:
+                out[i] = value
+                i += 1
+        elif fs == fsmax:  # high-entropy block: 32-bit differences
+            while i < imax:
+                pos, acc, nb = _refill(addr, n, pos, acc, nb)
+                diff = np.int64(acc >> _U64(32))
+                acc <<= _U64(32)
+                nb -= 32
+                lastpix += (diff >> 1) ^ -(diff & 1)
                 out[i] = np.int32(lastpix & 0xFFFFFFFF)
                 i += 1
-        elif fs == fsmax:
+        else:  # unary high part (zeros then a one), then fs low bits
+            ufs = _U64(fs)
             while i < imax:
-                k = bbits - nbits
-                diff = b << k
-                k -= 8
-                while k >= 0:
-                    if c >= end:
-                        return False
-                    b = np.int64(buf[c])
-                    c += 1
-                    diff |= b << k
-                    k -= 8
-                if nbits > 0:
-                    if c >= end:
-                        return False
-                    b = np.int64(buf[c])
-                    c += 1
-                    diff |= b >> (-k)
-                    b &= (np.int64(1) << nbits) - 1
+                z = _clz64(acc)
+                if z + fs < nb:  # the whole code is in the buffer: one shift past it
+                    nzero = z
+                    # the closing one (bit fs after the shift) and the fs bits after it
+                    low = np.int64((acc << _U64(z)) >> (_U64(63) - ufs)) ^ (np.int64(1) << fs)
+                    acc <<= _U64(z + 1 + fs)
+                    nb -= z + 1 + fs
                 else:
-                    b = np.int64(0)
-                diff &= 0xFFFFFFFF
-                diff = ~(diff >> 1) if diff & 1 else diff >> 1
-                lastpix = (diff + lastpix) & 0xFFFFFFFF
-                out[i] = np.int32(lastpix)
+                    pos, acc, nb = _refill(addr, n, pos, acc, nb)
+                    z = _clz64(acc)
+                    nzero = np.int64(0)
+                    while z >= nb:  # the zeros go on past the buffered bits
+                        nzero += nb
+                        acc, nb = _U64(0), np.int64(0)
+                        if 8 * (pos - first) >= limit:  # the closing one is past the tile
+                            return False
+                        pos, acc, nb = _refill(addr, n, pos, acc, nb)
+                        z = _clz64(acc)
+                    nzero += z
+                    acc <<= _U64(z + 1)
+                    nb -= z + 1
+                    if nb < fs:
+                        pos, acc, nb = _refill(addr, n, pos, acc, nb)
+                    low = np.int64((acc >> _U64(1)) >> (_U64(63) - ufs))  # the top fs bits
+                    acc <<= ufs
+                    nb -= fs
+                diff = ((nzero << fs) | low) & 0xFFFFFFFF
+                lastpix += (diff >> 1) ^ -(diff & 1)
+                out[i] = np.int32(lastpix & 0xFFFFFFFF)
                 i += 1
-        else:
-            while i < imax:
-                while b == 0:
-                    if c >= end:
-                        return False
-                    nbits += 8
-                    b = np.int64(buf[c])
-                    c += 1
-                nzero = nbits - nonzero[b]
-                nbits -= nzero + 1
-                b ^= np.int64(1) << nbits
-                nbits -= fs
-                while nbits < 0:
-                    if c >= end:
-                        return False
-                    b = (b << 8) | np.int64(buf[c])
-                    c += 1
-                    nbits += 8
-                diff = (nzero << fs) | (b >> nbits)
-                b &= (np.int64(1) << nbits) - 1
-                diff = ~(diff >> 1) if diff & 1 else diff >> 1
-                lastpix = (diff + lastpix) & 0xFFFFFFFF
-                out[i] = np.int32(lastpix)
-                i += 1
+        if 8 * (pos - first) - nb > limit:
+            return False
     return True
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled
 def _decode(buf: np.ndarray, heap: int, count: np.ndarray, offset: np.ndarray,
             scale: np.ndarray, zero: np.ndarray, dither0: int, nblock: int,
-            randoms: np.ndarray, nonzero: np.ndarray, out: np.ndarray) -> int:  # fmt: skip
+            randoms: np.ndarray, starts: np.ndarray, out: np.ndarray) -> int:  # fmt: skip
     """Every row tile of one HDU into ``out`` (float32, nrows × ncols); the first failing tile
-    (0-based) or −1. ``count``/``offset``: the tiles' byte counts and heap offsets."""
+    (0-based) or −1. ``count``/``offset``: the tiles' byte counts and heap offsets; ``randoms``
+    the dither deviates (float64), ``starts`` each seed's first index (:data:`_STARTS`).
+
+    The dither index runs through ``randoms`` and jumps to the next seed's start at its end
+    (``unquantize_i4r4``): each stretch without a jump is one loop the compiler vectorises."""
     nrows, ncols = out.shape
     ints = np.empty(ncols, np.int32)
     for t in range(nrows):
-        if not _rice_tile(buf, heap + offset[t], count[t], ints, nblock, nonzero):
+        if not _rice_tile(buf, heap + offset[t], count[t], ints, nblock):
             return t
-        iseed = (t + dither0 - 1) % 10000  # CFITSIO: (row − 1), row = tile (1-based) + ZDITHER0 − 1
-        nextrand = np.int64(randoms[iseed] * 500)
+        iseed = (t + dither0 - 1) % N_RANDOM  # CFITSIO: (row − 1), row = tile + ZDITHER0 − 1
+        nextrand = starts[iseed]
         s = scale[t]
         z = zero[t]
-        for i in range(ncols):
-            value = (np.float64(ints[i]) - np.float64(randoms[nextrand]) + 0.5) * s + z
-            out[t, i] = np.float32(value)
-            nextrand += 1
-            if nextrand == 10000:
-                iseed += 1
-                if iseed == 10000:
-                    iseed = 0
-                nextrand = np.int64(randoms[iseed] * 500)
+        row = out[t]
+        i = 0
+        while i < ncols:
+            run = min(ncols - i, N_RANDOM - nextrand)
+            src, rand, dst = ints[i : i + run], randoms[nextrand : nextrand + run], row[i : i + run]
+            for k in range(run):  # indices from 0 on slices: no negative-index wrap, SIMD
+                dst[k] = np.float32((np.float64(src[k]) - rand[k] + 0.5) * s + z)
+            i += run
+            nextrand += run
+            if nextrand == N_RANDOM:
+                iseed = iseed + 1 if iseed + 1 < N_RANDOM else 0
+                nextrand = starts[iseed]
     return -1
 
 
@@ -217,8 +274,8 @@ def decode_image(content: bytes | np.ndarray, span: tuple[int, int, int],
         raise ValueError("tile descriptors point beyond the heap (damaged)")
     out = np.empty((nrows, ncols), np.float32)
     bad = _decode(buf[:end], heap, count, offset, rows["zscale"].astype(np.float64),
-                  rows["zzero"].astype(np.float64), int(h["ZDITHER0"]), nblock, _RANDOMS,
-                  _NONZERO, out)  # fmt: skip
+                  rows["zzero"].astype(np.float64), int(h["ZDITHER0"]), nblock, _RANDOMS64,
+                  _STARTS, out)  # fmt: skip
     if bad >= 0:
         raise ValueError(f"tile {bad + 1}: Rice stream ends early (damaged)")
     return out
