@@ -13,12 +13,14 @@ afresh):
   decoded by :func:`ztfluigi.ipac.read_mask`, the header rebuilt from the IpacHeaders table
   (:func:`ztfluigi.ipac.header_from_row`; the table is read once per night × CCD × filter:
   encoded untimed here). The reference reads with astropy (``ztfimg.RawCCD``, ``fits.getdata``);
-* **corrections**: overscan + non-linearity of the quadrant (the reference corrects the CCD:
-  1/4 of it);
-* **detrending**: bias, flat, focal-plane factor, split to the quadrant, header, mask;
+* **science**: overscan + non-linearity, bias, flat, focal-plane factor, split to the quadrant,
+  header, mask. The reference times its corrections (of the CCD: 1/4 of it) and its detrending
+  apart; ours makes the pixels in one compiled pass (``corrections.correct_and_detrend_quadrant``),
+  so the stage is their sum, and ours is split beside the totals into that pass and the rest
+  (header merge, mask, saturation level);
 * **background**: our default (star-masked sep mesh, raw frame) and its back/rms maps: the time
   of ``photometry.quadrant_background`` *inside* the catalogue call (timed by a wrapper, as the
-  corrections inside ``build_science_quadrant``), so nothing is computed twice;
+  pixel pass inside ``build_science_quadrant``), so nothing is computed twice;
 * **photometry**: catalogue (ours: cone of the refcat store + proper motion; reference: the
   same epoch positions read from parquet), WCS positions, footprint cut, isolation, sums: the
   catalogue call minus its background (the reference's minus the maps it re-evaluates from its
@@ -103,9 +105,11 @@ from ztfluigi.sim.schedule import SimConfig  # noqa: E402
 
 DATE, CCDID, QID = dt.date(2019, 3, 31), 10, 2
 clock = time.process_time  #: CPU seconds of this process (one thread: its time on one core)
-STAGES = ("read", "corrections", "detrending", "background", "photometry", "write")
+STAGES = ("read", "science", "background", "photometry", "write")
 #: timed beside the stages, not in the totals: (key, label)
 EXTRA_STAGES = (
+    ("science_pixels", "science: pixel pass (overscan, NL, bias, flat)"),
+    ("science_header_mask", "science: header merge, mask, SATURATE"),
     ("read_cfitsio", "read, raw file by CFITSIO (read_raw)"),
     ("read_one_quadrant", "read, one quadrant decoded alone"),
     ("raw_integrity", "raw integrity checks (verify_raw)"),
@@ -125,7 +129,8 @@ REFERENCE_SCRIPT = Path(__file__).with_name("reference_quadrant.py")
 REFERENCE_TIMEOUT = 1800  #: s
 #: The reference's settings, for the agreement check: ztfimg ≤ 0.19 corrects NL first with its
 #: single table; ztfimg 0.19.0's sep mesh is 192×192 (HEAD: 192×220, ours); isolation among the
-#: in-footprint stars only.
+#: in-footprint stars only; sep's background (no star mask) and sep's sums
+#: (``PhotometrySpec.reference()``).
 COMPAT_SPEC = CorrectionSpec(order="nl-first", nl_table="ccd_amp_coeff_v2")
 COMPAT_MESH = (192, 192)
 TARGET_S, TARGET_SPEEDUP = 0.35, 2.0  #: issue #15: ≤ 0.35 s per quadrant, ≤ 0.5× the reference
@@ -280,13 +285,14 @@ def ours_once(inp: Inputs, masters: Masters, catalogue: refcat.RefCatalog, out_u
 
     inner: dict[str, float] = {}
     t0 = clock()
-    with timed_inner(science, "correct_quadrant", inner):
+    with timed_inner(science, "correct_and_detrend_quadrant", inner):
         sci = science.build_science_quadrant(
             ccd, inp.rawname, QID, masters.bias, masters.flat, masters.fltnorm,
             masters.fltnorm_fp, ipac_header, ipac_mask, flat_median=masters.flat_median,
         )  # fmt: skip
-    t["corrections"] = inner["correct_quadrant"]
-    t["detrending"] = clock() - t0 - inner["correct_quadrant"]
+    t["science"] = clock() - t0
+    t["science_pixels"] = inner["correct_and_detrend_quadrant"]
+    t["science_header_mask"] = t["science"] - t["science_pixels"]
 
     t0 = clock()
     wcs = photometry.quadrant_wcs(sci.header)  # one WCS for the cone and the positions
@@ -498,8 +504,9 @@ def agreement(inp: Inputs, masters: Masters, ccd, sci_prod, table_prod, referenc
     back, _ = photometry.background(compat, sci_prod.mask, *COMPAT_MESH)
     stars = pq.read_table(inp.stars_path)
     table = photometry.photometry_catalogue(
-        compat, sci_prod.mask, sci_prod.header, stars, isolation_scope="footprint", mesh=COMPAT_MESH
-    )
+        compat, sci_prod.mask, sci_prod.header, stars, isolation_scope="footprint",
+        mesh=COMPAT_MESH, spec=photometry.PhotometrySpec.reference(),
+    )  # fmt: skip
     ra, dec = table.column("ra").to_numpy(), table.column("dec").to_numpy()
     x_raw, y_raw = photometry.positions(sci_prod.header, ra, dec)
     # Our sums on our pixels with the reference's background maps: the sums alone.
@@ -627,6 +634,8 @@ def main() -> None:
         reference = ref = None
         if not args.ours_only:
             reference = run_reference(python, inp, scratch, args.repeat)
+            for run in reference["runs"]:  # its two steps are one stage of ours (one pass)
+                run["science"] = run["corrections"] + run["detrending"]
             ref = _stages(reference["runs"], min)
         load_end = os.getloadavg()
         extra = {"ours_masters": ours_masters}

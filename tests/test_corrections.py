@@ -231,3 +231,34 @@ def test_detrend_quadrant_equals_science_detrend():
                                   ref)  # fmt: skip
     with pytest.raises(ValueError, match="shape"):
         corrections.detrend_quadrant(r, bias[1:], flat, 1.0)
+
+
+@pytest.mark.parametrize("qid", [1, 2, 3, 4])
+@pytest.mark.parametrize("spec", [CorrectionSpec(), CorrectionSpec(order="nl-first"),
+                                  CorrectionSpec(pocket="on")], ids=["os-first", "nl-first",
+                                                                     "pocket"])  # fmt: skip
+def test_correct_and_detrend_is_bitwise_the_two_steps(qid, spec):
+    """The fused pass (masters read in place from the sky-oriented CCD) equals correct_quadrant
+    then detrend_quadrant on the quadrant's raw-oriented views, with its counts."""
+    data, over = synthetic_quadrant(qid, shape=(60, 40), seed=qid)
+    data[3, 5] = np.nan  # a non-finite raw pixel
+    rng = np.random.default_rng(qid)
+    bias = rng.normal(5, 2, (120, 80)).astype(np.float32)
+    flat = rng.normal(1, 0.05, (120, 80)).astype(np.float32)
+    rows, cols = camera.quadrant_slice(qid, flat.shape)
+    flat_q = camera.sky_to_raw(flat[rows, cols])  # a view: writes land in the CCD
+    flat_q[0, :3] = [0.0, np.nan, -2.0]  # three bad flat pixels of this quadrant
+    if spec.pocket == "on":
+        data[3, 5] = 1000.0  # the pocket pass refuses non-finite input (tested elsewhere)
+    factor = np.float32(3.3e4 / 3.1e4)
+    step = corrections.correct_quadrant(data, over, 7, qid, DATE, spec)
+    ref, nbad = corrections.detrend_quadrant(step, camera.sky_to_raw(bias[rows, cols]), flat_q,
+                                             factor)  # fmt: skip
+    out, nbad_fused, nonfinite = corrections.correct_and_detrend_quadrant(
+        data, over, 7, qid, DATE, bias, flat, factor, spec)
+    assert nbad_fused == nbad == 3
+    assert nonfinite == int(np.count_nonzero(~np.isfinite(ref))) == 3 + (spec.pocket != "on")
+    np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+    with pytest.raises(ValueError, match="CCD masters"):
+        corrections.correct_and_detrend_quadrant(data, over, 7, qid, DATE, bias[:, 1:], flat,
+                                                 factor, spec)  # fmt: skip

@@ -324,3 +324,22 @@ def test_metaheader_without_filename_uses_the_raw_index(sim_quadrants):
     index = archive.night_metadata(DEMO_DATE)
     table = ipac.from_metaheader(reference, raw_index=index)
     assert [ipac.find_row(table, raw, qid) for raw, qid in quadrants[:4]] == [0, 1, 2, 3]
+
+
+def test_gunzip_bytes_members_limits_and_damage():
+    """Both paths of gunzip_bytes: the one-call path (trailer within the limit) and the bounded
+    stream (a trailer beyond it), multi-member files, zero padding, truncation, size limit."""
+    import gzip
+
+    one, two = gzip.compress(b"a" * 5000, mtime=0), gzip.compress(b"b" * 3000, mtime=0)
+    assert ipac.gunzip_bytes(one + two, "m") == b"a" * 5000 + b"b" * 3000
+    assert ipac.gunzip_bytes(one + b"\0" * 16, "m") == b"a" * 5000  # padding: stream path
+    with pytest.raises(ipac.IpacError, match="m: decompresses to more than 4000 bytes"):
+        ipac.gunzip_bytes(one, "m", limit=4000)  # trailer says 5000
+    lying = one[:-4] + (100).to_bytes(4, "little")  # trailer says 100 bytes: CRC/size check
+    with pytest.raises(ipac.IpacError, match="m: corrupt gzip stream"):
+        ipac.gunzip_bytes(lying, "m")
+    with pytest.raises(ipac.IpacError, match="m: corrupt gzip stream"):
+        ipac.gunzip_bytes(one[: len(one) // 2], "m")
+    with pytest.raises(ipac.IpacError, match="m: corrupt gzip stream"):
+        ipac.gunzip_bytes(one + b"garbage!", "m")

@@ -236,6 +236,17 @@ def test_header_merge_keeps_wcs_and_handles_trap_13():
     assert h["BIASFILE"].endswith("_bias.fits") and h["PIPELINE"] == "ZTFLUIGI"
 
 
+def test_header_merge_leaves_its_inputs_alone():
+    """The raw headers serve four quadrants: merging copies their cards, never updates them."""
+    ipac = ipac_header()
+    primary, ext = raw_headers(ipac)
+    before = [h.tostring() for h in (primary, ext, ipac)]
+    h = science.science_header(primary, ext, ipac, PROVENANCE)
+    h["SEEING"] = 9.9  # a later change of the science header does not reach the inputs
+    assert [x.tostring() for x in (primary, ext, ipac)] == before
+    assert ipac["SEEING"] == 1.241
+
+
 def test_header_without_our_saturation_has_none():
     ipac = ipac_header()
     h = science.science_header(*raw_headers(ipac), ipac, {})

@@ -141,41 +141,113 @@ def correct_quadrant(
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "numpy":
         return _correct_quadrant_numpy(data, overscan, ccdid, qid, date, spec)
-    a, b = nonlinearity.coefficients(ccdid, qid, date, table=spec.nl_table)
-    model = overscan_model(
-        overscan_profile(overscan, qid, spec.overscan_columns), spec.overscan_terms,
-        spec.overscan_clip,
-    )  # fmt: skip
+    a, b, model = _nl_and_overscan(overscan, ccdid, qid, date, spec)
     data = np.asarray(data)
-    overscan = np.asarray(overscan)
     out = np.empty(data.shape, dtype=np.float32)
     nl_first = spec.order == "nl-first"
     if spec.pocket_applies(date):
-        pars = pocket.parameters(ccdid, qid)
-        bad, nonfinite, unconverged = pocket.fused_overscan_nl_pocket(
-            data, overscan, model, float(a), float(b), nl_first, qid in (2, 3),
-            pars.alpha, pars.cmax, pars.beta, pars.nmax, out,
-        )  # fmt: skip
-        if nonfinite:
-            raise ValueError(
-                f"pocket model input contains {nonfinite} non-finite value(s) (they would "
-                "propagate along the rest of the row)"
-            )
-        if unconverged:
-            warnings.warn(
-                f"pocket correction c{ccdid:02d} q{qid}: Newton did not converge in "
-                f"{unconverged} block column(s)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        bad = _pocket_pass(data, overscan, model, a, b, nl_first, ccdid, qid, out)
     else:
-        bad = _fused(data, model, float(a), float(b), nl_first, out)
+        bad = _fused(data, model, a, b, nl_first, out)
+    _check_nl_domain(bad, a, b)
+    return out
+
+
+def correct_and_detrend_quadrant(
+    data: np.ndarray,
+    overscan: np.ndarray,
+    ccdid: int,
+    qid: int,
+    date: dt.date,
+    bias: np.ndarray,
+    flat: np.ndarray,
+    factor: float,
+    spec: CorrectionSpec = CorrectionSpec(),
+) -> tuple[np.ndarray, int, int]:
+    """Science pixels of one quadrant (raw orientation, float32): :func:`correct_quadrant` then
+    ``(R − B) / F × factor`` (:func:`detrend_quadrant`) with ``bias``/``flat`` the sky-oriented
+    **CCD** masters, and the numbers of bad-flat and of non-finite output pixels.
+
+    Without the pocket correction the two steps run as one compiled pass over the quadrant,
+    reading the masters' quadrant in place (no raw-oriented copies, no intermediate image):
+    bitwise equal to the two steps. The pocket pass needs whole rows first, so with it the
+    detrending is its own pass.
+    """
+    data = np.asarray(data)
+    rows, cols = camera.quadrant_slice(qid, np.shape(bias))
+    expected = (2 * data.shape[0], 2 * data.shape[1])
+    if np.shape(bias) != expected or np.shape(flat) != expected:
+        raise ValueError(
+            f"shape mismatch: quadrant {data.shape}, bias {np.shape(bias)}, flat {np.shape(flat)}"
+            f" (CCD masters of {expected} expected)"
+        )
+    if spec.pocket_applies(date):
+        corrected = correct_quadrant(data, overscan, ccdid, qid, date, spec)
+        bias_q = camera.sky_to_raw(np.asarray(bias)[rows, cols])
+        flat_q = camera.sky_to_raw(np.asarray(flat)[rows, cols])
+        out, nbad = detrend_quadrant(corrected, bias_q, flat_q, factor)
+        return out, nbad, int(np.count_nonzero(~np.isfinite(out)))
+    a, b, model = _nl_and_overscan(overscan, ccdid, qid, date, spec)
+    out = np.empty(data.shape, dtype=np.float32)
+    bad, nbad, nonfinite = _fused_detrend(
+        data, model, a, b, spec.order == "nl-first",
+        np.ascontiguousarray(bias, np.float32), np.ascontiguousarray(flat, np.float32),
+        rows.start, cols.start, np.float32(factor), out,
+    )  # fmt: skip
+    _check_nl_domain(bad, a, b)
+    return out, int(nbad), int(nonfinite)
+
+
+def _nl_and_overscan(
+    overscan: np.ndarray, ccdid: int, qid: int, date: dt.date, spec: CorrectionSpec
+) -> tuple[float, float, np.ndarray]:
+    """The NL coefficients (A, B) of the quadrant's table and its overscan row model (DN)."""
+    a, b = nonlinearity.coefficients(ccdid, qid, date, table=spec.nl_table)
+    model = overscan_model(
+        overscan_profile(np.asarray(overscan), qid, spec.overscan_columns), spec.overscan_terms,
+        spec.overscan_clip,
+    )  # fmt: skip
+    return float(a), float(b), model
+
+
+def _pocket_pass(
+    data: np.ndarray,
+    overscan: np.ndarray,
+    model: np.ndarray,
+    a: float,
+    b: float,
+    nl_first: bool,
+    ccdid: int,
+    qid: int,
+    out: np.ndarray,
+) -> int:
+    """Overscan + NL + pocket into ``out``; the number of values outside the NL domain."""
+    pars = pocket.parameters(ccdid, qid)
+    bad, nonfinite, unconverged = pocket.fused_overscan_nl_pocket(
+        data, np.asarray(overscan), model, a, b, nl_first, qid in (2, 3),
+        pars.alpha, pars.cmax, pars.beta, pars.nmax, out,
+    )  # fmt: skip
+    if nonfinite:
+        raise ValueError(
+            f"pocket model input contains {nonfinite} non-finite value(s) (they would "
+            "propagate along the rest of the row)"
+        )
+    if unconverged:
+        warnings.warn(
+            f"pocket correction c{ccdid:02d} q{qid}: Newton did not converge in "
+            f"{unconverged} block column(s)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return bad
+
+
+def _check_nl_domain(bad: int, a: float, b: float) -> None:
     if bad:
         raise ValueError(
             f"{bad} measured value(s) outside the domain of the non-linearity model "
             f"(A={a!r}, B={b!r}: A x² + B x + 1 must be > 0)"
         )
-    return out
 
 
 def _correct_quadrant_numpy(
@@ -249,6 +321,28 @@ def detrend_quadrant(
 
 
 @compiled
+def _overscan_nl(raw, m, a, b, nl_first):  # noqa: ANN001, ANN202
+    """One pixel's overscan + NL (float64) and whether it is outside the NL domain."""
+    x = np.float64(raw)
+    if not nl_first:
+        x = x - m
+    den = (a * x + b) * x + 1.0
+    v = x / den
+    if nl_first:
+        v = v - m
+    return v, den <= 0.0
+
+
+@compiled
+def _detrended(r, bias, flat, factor):  # noqa: ANN001, ANN202
+    """One pixel of science.detrend's float32 operations, and whether its flat is usable."""
+    f = np.float32(flat)
+    good = np.isfinite(f) and f > np.float32(0.0)
+    v = (np.float32(r) - np.float32(bias)) / f
+    return (v * factor if good else np.float32(np.nan)), good
+
+
+@compiled
 def _fused(data, model, a, b, nl_first, out):  # noqa: ANN001, ANN202
     """Overscan + NL, raw orientation; returns the number of values outside the NL domain."""
     nrows, ncols = data.shape
@@ -256,14 +350,8 @@ def _fused(data, model, a, b, nl_first, out):  # noqa: ANN001, ANN202
     for i in range(nrows):
         m = model[i]
         for j in range(ncols):
-            x = np.float64(data[i, j])
-            if not nl_first:
-                x = x - m
-            den = (a * x + b) * x + 1.0
-            bad += 1 if den <= 0.0 else 0
-            v = x / den
-            if nl_first:
-                v = v - m
+            v, outside = _overscan_nl(data[i, j], m, a, b, nl_first)
+            bad += 1 if outside else 0
             out[i, j] = np.float32(v)
     return bad
 
@@ -275,9 +363,30 @@ def _detrend(r, bias, flat, factor, out):  # noqa: ANN001, ANN202
     nbad = 0
     for i in range(nrows):
         for j in range(ncols):
-            f = np.float32(flat[i, j])
-            good = np.isfinite(f) and f > np.float32(0.0)
-            v = (np.float32(r[i, j]) - np.float32(bias[i, j])) / f
-            out[i, j] = v * factor if good else np.float32(np.nan)
+            out[i, j], good = _detrended(r[i, j], bias[i, j], flat[i, j], factor)
             nbad += 0 if good else 1
     return nbad
+
+
+@compiled
+def _fused_detrend(data, model, a, b, nl_first, bias, flat, r0, c0, factor, out):  # noqa: ANN001, ANN202
+    """Overscan + NL then detrending against the sky-oriented CCD masters, whose quadrant
+    starts at (``r0``, ``c0``): raw pixel (i, j) is master pixel (r0 + n − 1 − i, c0 + m − 1 − j)
+    (180°). Returns the NL-domain, bad-flat and non-finite counts."""
+    nrows, ncols = data.shape
+    last = c0 + ncols - 1
+    bad = 0
+    nbad = 0
+    nonfinite = 0
+    for i in range(nrows):
+        m = model[i]
+        brow = bias[r0 + nrows - 1 - i]
+        frow = flat[r0 + nrows - 1 - i]
+        for j in range(ncols):
+            v, outside = _overscan_nl(data[i, j], m, a, b, nl_first)
+            bad += 1 if outside else 0
+            w, good = _detrended(np.float32(v), brow[last - j], frow[last - j], factor)
+            out[i, j] = w
+            nbad += 0 if good else 1
+            nonfinite += 0 if np.isfinite(w) else 1
+    return bad, nbad, nonfinite
