@@ -1,10 +1,12 @@
 """The whole chain: raw → calibrations → virtual science quadrants → aperture catalogues."""
 
+import json
 
 import luigi
 import numpy as np
 import pytest
 
+from tests import catalogue_regression
 from tests.helpers import DEMO_DATE, build, luigi_settings
 from ztfluigi import storage
 from ztfluigi.sim import psf
@@ -25,10 +27,8 @@ pytestmark = pytest.mark.slow  # a whole synthetic night (scale 8, three fields)
 def night(tmp_path_factory):
     """One synthetic night (scale 8, three fields, zr) built once for the module."""
     root = tmp_path_factory.mktemp("night") / "store"
-    with luigi_settings({
-        "ztfluigi": {"root": str(root), "archive": "sim", "refcat": "sim"},
-        "sim": {"seed": "0", "scale": "8", "n_fields": "3"},
-    }):  # fmt: skip
+    settings = catalogue_regression.SETTINGS
+    with luigi_settings({**settings, "ztfluigi": {**settings["ztfluigi"], "root": str(root)}}):
         entry = ApertureCatalog(date=DEMO_DATE, filtercode="zr")
         result = build(entry, SimTruth(date=DEMO_DATE), workers=2)
         yield entry, result, root
@@ -67,6 +67,13 @@ def test_night_builds_every_quadrant_catalogue(night):
     assert meta["radii"] == "[3, 4, 5, 6, 7, 8, 9, 10, 11, 12]"
     for col in ("source_id", "ra", "dec", "x", "y", "phot_g_mean_mag", "f_0", "f_9_e", "isolated"):
         assert col in cat.column_names
+
+
+def test_demo_ccd_catalogues_are_unchanged(night):
+    """The demo night's CCD 7 catalogues equal the golden digests taken before the speed work of
+    issue #15 (tests/catalogue_regression.py; regenerate only for an intended change)."""
+    bad = catalogue_regression.golden_differences(catalogue_regression.demo_ccd_catalogues())
+    assert not bad, json.dumps(bad, indent=1)[:4000]
 
 
 def test_photometry_recovers_the_true_counts(night):

@@ -1,10 +1,11 @@
-"""The demo night's catalogues do not change under speed work: one CCD of the demo night (default
-scale, zr) built through the real tasks, each quadrant catalogue reduced to a few numbers and
+"""The demo night's catalogues do not change under speed work: the catalogues of one CCD of the
+demo night (default scale, zr), built through the real tasks, each reduced to a few numbers and
 compared with golden values committed under ``tests/data/`` (generated from the code before the
-per-quadrant speed work of issue #15).
+per-quadrant speed work of issue #15). The test is ``test_catalog.py``'s (it reads the CCD from
+that module's night, the same configuration); this module holds the digests and the writer.
 
 Regenerate (only when a change of the catalogues is intended, and say so in the commit):
-``python -m tests.test_catalogue_regression --write``.
+``python -m tests.catalogue_regression --write``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from tests.helpers import DEMO_DATE, build_ok, luigi_settings
 from ztfluigi import storage
 from ztfluigi.photometry import RADII
 
-pytestmark = pytest.mark.slow  # one CCD of the demo night (with the 16 CCDs' zr masters)
-
+#: the demo night's configuration (``test_catalog.py``'s night)
+SETTINGS = {
+    "ztfluigi": {"archive": "sim", "refcat": "sim"},
+    "sim": {"seed": "0", "scale": "8", "n_fields": "3"},
+}
 GOLDEN = Path(__file__).with_name("data") / "catalogue_regression.json"
 CCDID, FILTERCODE = 7, "zr"
 RTOL = 1e-6  #: relative tolerance of every compared number (sums: of the sum of |values|)
@@ -54,22 +57,19 @@ def catalogue_digest(table: pa.Table) -> dict[str, object]:
     return out
 
 
-def demo_ccd_catalogues(root: Path) -> dict[str, dict[str, object]]:
-    """Build CCD :data:`CCDID` of the demo night in :data:`FILTERCODE` under ``root``; digests by
-    catalogue file name."""
+def demo_ccd_catalogues() -> dict[str, dict[str, object]]:
+    """Digests (by catalogue file name) of CCD :data:`CCDID` of the demo night in
+    :data:`FILTERCODE`, built (or completed) in the configured store: the caller sets
+    :data:`SETTINGS` and a ``root``."""
     from ztfluigi.tasks import ApertureCatalog, ApertureCatalogUnit
 
-    with luigi_settings({
-        "ztfluigi": {"root": str(root), "archive": "sim", "refcat": "sim"},
-        "sim": {"seed": "0", "scale": "8", "n_fields": "3"},
-    }):  # fmt: skip
-        entry = ApertureCatalog(date=DEMO_DATE, ccdid=CCDID, filtercode=FILTERCODE)
-        assert build_ok(entry, workers=2)
-        digests = {}
-        for unit in entry.requires():
-            assert isinstance(unit, ApertureCatalogUnit)
-            for target in unit.output():
-                digests[Path(target.path).name] = catalogue_digest(storage.read_parquet(target))
+    entry = ApertureCatalog(date=DEMO_DATE, ccdid=CCDID, filtercode=FILTERCODE)
+    assert build_ok(entry, workers=2)
+    digests = {}
+    for unit in entry.requires():
+        assert isinstance(unit, ApertureCatalogUnit)
+        for target in unit.output():
+            digests[Path(target.path).name] = catalogue_digest(storage.read_parquet(target))
     return digests
 
 
@@ -96,27 +96,28 @@ def differences(new: dict[str, object], old: dict[str, object]) -> list[str]:
     return bad
 
 
-def test_demo_ccd_catalogues_are_unchanged(tmp_path):
+def golden_differences(digests: dict[str, dict[str, object]]) -> dict[str, list[str]]:
+    """The catalogues whose digests differ from the golden ones (all names must match)."""
     golden = json.loads(GOLDEN.read_text())
-    digests = demo_ccd_catalogues(tmp_path / "store")
     assert sorted(digests) == sorted(golden["catalogues"])
     assert sum(d["rows"] for d in digests.values()) > 100  # not a trivially empty comparison
-    bad = {name: diff for name in golden["catalogues"]
-           if (diff := differences(digests[name], golden["catalogues"][name]))}  # fmt: skip
-    assert not bad, json.dumps(bad, indent=1)[:4000]
+    return {name: diff for name in golden["catalogues"]
+            if (diff := differences(digests[name], golden["catalogues"][name]))}  # fmt: skip
 
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
-        sys.exit("usage: python -m tests.test_catalogue_regression --write")
+        sys.exit("usage: python -m tests.catalogue_regression --write")
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        catalogues = demo_ccd_catalogues(Path(tmp) / "store")
+        settings = {**SETTINGS, "ztfluigi": {**SETTINGS["ztfluigi"], "root": f"{tmp}/store"}}
+        with luigi_settings(settings):
+            catalogues = demo_ccd_catalogues()
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps({
         "what": f"digests of the demo night's CCD {CCDID} {FILTERCODE} aperture catalogues "
-                "(scale 8, seed 0, 3 fields), tests/test_catalogue_regression.py",
+                "(scale 8, seed 0, 3 fields), tests/catalogue_regression.py",
         "rtol": RTOL, "catalogues": catalogues,
     }, indent=1) + "\n")  # fmt: skip
     print(f"written {GOLDEN} ({len(catalogues)} catalogues)")
