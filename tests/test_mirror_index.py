@@ -5,6 +5,7 @@ is read-only."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import socket
 import stat
 from pathlib import Path
@@ -22,6 +23,7 @@ from ztfluigi.archive import DATABASE_COLUMNS, ArchiveError, ArchiveUnreachable
 from ztfluigi.archive.irsa import IrsaArchive
 from ztfluigi.archive.mirror import night_metadata_from_headers
 from ztfluigi.archive.sim import SimArchive
+from ztfluigi.cli.status import status_table
 from ztfluigi.sim.schedule import SimConfig
 from ztfluigi.tasks import RawFile, RawFiles, RawIndex
 
@@ -122,6 +124,9 @@ def test_archive_none_indexes_a_read_only_mirror_under_root(mirror, tmp_path):
         # a file of the night the mirror lacks cannot be fetched: one line, nothing written
         missing = next(n for n in archive_index()["filename"].to_pylist() if n not in names)
         assert build(RawFile(filename=missing)).status != SUCCESS
+        out = io.StringIO()  # indexed from the headers by design: nothing to say
+        status_table(["RawIndex", "--date", str(DEMO_DATE)], out=out)
+        assert "rawindex" in out.getvalue() and "unreachable" not in out.getvalue()
     assert tree_state(root) == before
     assert not (root / "meta").exists()
 
@@ -142,6 +147,11 @@ def test_unreachable_archive_falls_back_to_the_headers(mirror, tmp_path, monkeyp
         assert table.schema.metadata[b"ztfluigi.archive"] == url.encode()
         units = [RawFiles(date=DEMO_DATE, ccdid=4, imgtype=t) for t in ("bias", "flat", "object")]
         assert build(*units).status == SUCCESS  # complete in the mirror: the archive never asked
+        # status says which index may be partial (and how to ask the archive again)
+        out = io.StringIO()
+        status_table(["RawIndex", "--date", str(DEMO_DATE)], out=out)
+        assert ("1 RawIndex made from the mirror's raw files while the archive was unreachable"
+                in out.getvalue() and task.output().path in out.getvalue())  # fmt: skip
 
 
 def test_archive_none_without_files_fails_in_one_line(tmp_path):

@@ -73,10 +73,26 @@ def status_table(entry_words: list[str], out: TextIO | None = None, verify: bool
     if inv.unknown:
         print(f"{len(inv.unknown)} units not counted yet: their night has no RawIndex "
               f"(e.g. {inv.unknown[0]})", file=out)  # fmt: skip
+    fallback = _fallback_indexes(inv.products, exists)
+    if fallback:
+        print(f"{len(fallback)} RawIndex made from the mirror's raw files while the archive was "
+              f"unreachable (they list only what the mirror held; delete to ask the archive "
+              f"again): e.g. {fallback[0]}", file=out)  # fmt: skip
     verified = f", verified: {damaged} damaged" if verify else ""
     print(f"checked {len(inv.products)} outputs in {elapsed:.2f} s "
           f"({listing.n_listings} directory listings{verified})", file=out)  # fmt: skip
     return missing + len(inv.unknown)
+
+
+def _fallback_indexes(products: list, exists: list[bool]) -> list[str]:
+    """URLs of the stored RawIndex made from raw headers although an archive is configured."""
+    from ztfluigi import config
+    from ztfluigi.tasks.raw import indexed_from_headers
+
+    if config.settings().archive == "none":  # indexed from the headers by design
+        return []
+    return [p.url for p, e in zip(products, exists, strict=True)
+            if e and p.kind == "rawindex" and indexed_from_headers(p.url)]  # fmt: skip
 
 
 def campaign_status(entry: object, out: TextIO | None = None, threads: int | None = None) -> int:

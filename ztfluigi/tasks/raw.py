@@ -90,13 +90,25 @@ class RawIndex(progress.OneLineFailures, luigi.Task):
                 logger.warning("%s; indexing %s from the raw files' headers under %s",
                                exc, self.date, raw_root)  # fmt: skip
             table = mirror.night_metadata_from_headers(raw_root, self.date)
-            metadata["ztfluigi.source"] = "raw file headers"
+            metadata["ztfluigi.source"] = FROM_HEADERS
         storage.write_parquet(self.output(), table, metadata=metadata)
 
 
 @functools.lru_cache(maxsize=16)  # a 7-night window + calibration nights (survey nights: ≈ 4 MB)
 def _load_index(url: str) -> pa.Table:
     return storage.read_parquet(url)
+
+
+#: ``ztfluigi.source`` of a RawIndex made from the raw files' headers (not from the archive)
+FROM_HEADERS = "raw file headers"
+
+
+def indexed_from_headers(url: str) -> bool:
+    """Whether the stored RawIndex at ``url`` was made from the raw files' headers: by design
+    with ``archive = none``, otherwise because the archive was unreachable (then it lists only
+    what the mirror held: possibly partial until deleted and asked again)."""
+    metadata = _load_index(url).schema.metadata or {}
+    return metadata.get(b"ztfluigi.source") == FROM_HEADERS.encode()
 
 
 def night_index(date: object) -> pa.Table:
