@@ -262,3 +262,23 @@ def test_correct_and_detrend_is_bitwise_the_two_steps(qid, spec):
     with pytest.raises(ValueError, match="CCD masters"):
         corrections.correct_and_detrend_quadrant(data, over, 7, qid, DATE, bias[:, 1:], flat,
                                                  factor, spec)  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", [CorrectionSpec(), CorrectionSpec(pocket="on")],
+                         ids=["no-pocket", "pocket"])  # fmt: skip
+def test_correct_ccd_in_place_minus_a_master_is_bitwise_the_steps(spec):
+    """Quadrants written into their CCD places, a master subtracted in the same pass: equal to
+    assembling the corrected quadrants and subtracting in float32 (numpy engine: the steps)."""
+    data, over = {}, {}
+    for q in range(1, 5):
+        data[q], over[q] = synthetic_quadrant(q, shape=(40, 24), signal=900.0 * q, seed=10 + q)
+    bias = np.random.default_rng(3).normal(5, 2, (80, 48)).astype(np.float32)
+    steps = corrections.correct_ccd(data, over, 7, DATE, spec, engine="numpy")
+    ccd = corrections.correct_ccd(data, over, 7, DATE, spec)
+    np.testing.assert_array_equal(ccd.view(np.uint32), steps.view(np.uint32))
+    minus = corrections.correct_ccd(data, over, 7, DATE, spec, minus=bias)
+    np.testing.assert_array_equal(minus.view(np.uint32), (steps - bias).view(np.uint32))
+    np.testing.assert_array_equal(
+        corrections.correct_ccd(data, over, 7, DATE, spec, engine="numpy", minus=bias), minus)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        corrections.correct_ccd(data, over, 7, DATE, spec, minus=bias[1:])

@@ -56,21 +56,26 @@ class MasterFlat:
 
 def master_flat(
     frames_by_led: Mapping[int, Sequence[np.ndarray]],
-    bias: np.ndarray,
+    bias: np.ndarray | None,
     clip: ClipSpec = FLAT_CLIP,
 ) -> MasterFlat:
     """Per-LED clipped stacks of bias-subtracted flats, each normalised by its CCD median, averaged.
 
-    ``FLTNORM`` = mean of the LED medians, as the reference pipeline.
+    ``FLTNORM`` = mean of the LED medians, as the reference pipeline. ``bias``: the master bias
+    to subtract from each frame, or None when the frames are bias-subtracted already (corrected
+    with ``corrections.correct_ccd(..., minus=bias)``: the same float32 values, no copies).
     """
     if not frames_by_led:
         raise CalibrationError("no flat frames")
-    total = np.zeros(bias.shape, np.float64)
+    shape = np.shape(next(iter(frames_by_led.values()))[0])
+    total = np.zeros(shape, np.float64)
     levels, counts, stats = {}, {}, []
     for led, frames in sorted(frames_by_led.items()):
         if len(frames) < MIN_FRAMES:
             raise CalibrationError(f"LED {led}: {len(frames)} frames, at least {MIN_FRAMES} needed")
-        stack, led_stats = clipped_median_stats([f - bias for f in frames], clip)
+        stack, led_stats = clipped_median_stats(
+            frames if bias is None else [f - bias for f in frames], clip
+        )
         stats.append(led_stats)
         level = float(np.nanmedian(stack))
         if not np.isfinite(level) or level <= 0:

@@ -26,17 +26,21 @@ def cal_target(relpath: str) -> storage.FsspecTarget:
 
 
 def corrected_frames(
-    task: luigi.Task, rawnames: list[naming.RawName], spec: CorrectionSpec
+    task: luigi.Task,
+    rawnames: list[naming.RawName],
+    spec: CorrectionSpec,
+    minus: np.ndarray | None = None,
 ) -> list[tuple[str, fits.Header, np.ndarray]]:
-    """(file name, primary header, corrected sky-oriented CCD) of stored raw files, verified
-    (a damaged one is fetched again)."""
+    """(file name, primary header, corrected sky-oriented CCD ``− minus`` when given) of stored
+    raw files, verified (a damaged one is fetched again)."""
     frames = []
     for i, rawname in enumerate(rawnames):
         ccd = read_or_rebuild(lambda r=rawname: read_stored_raw(r),
                                          RawFile(filename=rawname.filename))  # fmt: skip
         progress.report(task, i, len(rawnames), "raw frames corrected")
         frames.append((rawname.filename, ccd.header,
-                       correct_ccd(ccd.data, ccd.overscan, rawname.ccdid, rawname.date, spec)))
+                       correct_ccd(ccd.data, ccd.overscan, rawname.ccdid, rawname.date, spec,
+                                   minus=minus)))  # fmt: skip
     return frames
 
 
@@ -125,12 +129,12 @@ class MasterFlat(progress.OneLineFailures, luigi.Task):
         rawnames = self.requires()["flats"].branches()
         specs = config.processing_specs()
         correction = specs.correction.for_imgtype("flat").resolved(self.date)
-        frames = corrected_frames(self, rawnames, correction)
+        frames = corrected_frames(self, rawnames, correction, minus=bias)  # bias-subtracted
         selection = calib.select_flats_by_led(frames, camera.FILTER_LEDS[self.filtercode])
         if selection.rejected:
             logger.warning("%s: flats without a usable LED left out: %s", self,
                            "; ".join(selection.rejected))  # fmt: skip
-        result = calib.master_flat(selection.by_led, bias, specs.flat_clip)
+        result = calib.master_flat(selection.by_led, None, specs.flat_clip)
         record = master_provenance("flat", self.date, self.ccdid, selection.used,
                                    [correction, specs.flat_clip, result.stats])  # fmt: skip
         record.extend(calib.flat_cards(result, self.filtercode, bias_target.path.rsplit("/", 1)[-1],
