@@ -120,6 +120,9 @@ def subtract_overscan(
     return data - model, overscan - model
 
 
+_NOTHING = np.zeros((1, 1), np.float32)  #: ``minus`` of a kernel told there is none
+
+
 def correct_quadrant(
     data: np.ndarray,
     overscan: np.ndarray,
@@ -148,7 +151,7 @@ def correct_quadrant(
     if spec.pocket_applies(date):
         bad = _pocket_pass(data, overscan, model, a, b, nl_first, ccdid, qid, out)
     else:
-        bad = _fused(data, model, a, b, nl_first, out)
+        bad = _fused(data, model, a, b, nl_first, _NOTHING, False, out)
     _check_nl_domain(bad, a, b)
     return out
 
@@ -304,7 +307,7 @@ def correct_ccd(
         ccd = camera.assemble_ccd(quads)
         return ccd if minus is None else np.subtract(ccd, minus, dtype=np.float32)
     out = np.empty(shape, np.float32)
-    sub = np.zeros((1, 1), np.float32) if minus is None else np.asarray(minus, np.float32)
+    sub = _NOTHING if minus is None else np.asarray(minus, np.float32)
     for q in range(1, 5):
         where = camera.quadrant_slice(q, shape)
         place = camera.sky_to_raw(out[where])  # the quadrant's place, raw-oriented view
@@ -317,8 +320,8 @@ def correct_ccd(
                 np.subtract(corrected, sub_q, out=place)
             continue
         a, b, model = _nl_and_overscan(overscan[q], ccdid, q, date, spec)
-        bad = _fused_minus(np.asarray(data[q]), model, a, b, spec.order == "nl-first", sub_q,
-                           minus is not None, place)  # fmt: skip
+        bad = _fused(np.asarray(data[q]), model, a, b, spec.order == "nl-first", sub_q,
+                     minus is not None, place)  # fmt: skip
         _check_nl_domain(bad, a, b)
     return out
 
@@ -374,23 +377,10 @@ def _detrended(r, bias, flat, factor):  # noqa: ANN001, ANN202
 
 
 @compiled
-def _fused(data, model, a, b, nl_first, out):  # noqa: ANN001, ANN202
-    """Overscan + NL, raw orientation; returns the number of values outside the NL domain."""
-    nrows, ncols = data.shape
-    bad = 0
-    for i in range(nrows):
-        m = model[i]
-        for j in range(ncols):
-            v, outside = _overscan_nl(data[i, j], m, a, b, nl_first)
-            bad += 1 if outside else 0
-            out[i, j] = np.float32(v)
-    return bad
-
-
-@compiled
-def _fused_minus(data, model, a, b, nl_first, minus, has_minus, out):  # noqa: ANN001, ANN202
-    """:func:`_fused` into ``out`` (any layout, e.g. a quadrant's place in a CCD) minus
-    ``minus`` (same layout) when ``has_minus``, in float32."""
+def _fused(data, model, a, b, nl_first, minus, has_minus, out):  # noqa: ANN001, ANN202
+    """Overscan + NL into ``out`` (any layout, e.g. a quadrant's place in a CCD), minus
+    ``minus`` (same layout) in float32 when ``has_minus``; the number of values outside the NL
+    domain."""
     nrows, ncols = data.shape
     bad = 0
     for i in range(nrows):
