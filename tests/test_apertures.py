@@ -191,6 +191,151 @@ def test_disk_mask():
 
 
 # ------------------------------------------------------------------------------------------
+# Bitwise contract of the compiled kernels (issue #15: faster, the same bits)
+# ------------------------------------------------------------------------------------------
+
+
+def pixel_by_pixel(data, x, y, radii, back, err, mask, bits, sat_bits, saturate):
+    """The kernel's arithmetic in plain Python, one pixel at a time (its pre-#15 loop): for each
+    radius, whole pixels (centre within r − 0.7072) are added in buckets by the first radius that
+    holds them, rows then columns ascending, and the buckets summed cumulatively; pixels of the
+    partial band (within r + 0.7072, in sep's box) add ``value × _overlap`` in the same order."""
+    ny, nx = data.shape
+    nk = len(radii)
+    r_in2 = [(r - ap._BAND) ** 2 if r - ap._BAND > 0 else 0.0 for r in radii]
+    r_out2 = [(r + ap._BAND) * (r + ap._BAND) for r in radii]
+    out = {f: np.zeros((nk, len(x))) for f in ("sum", "var", "area", "marea", "nmask", "nsat")}
+    sep32 = np.zeros((nk, len(x)), bool)
+    for i, (xi, yi) in enumerate(zip(x, y, strict=True)):
+        box = [(max(int(xi - r + 0.5), 0), min(int(xi + r + 1.4999999), nx),
+                max(int(yi - r + 0.5), 0), min(int(yi + r + 1.4999999), ny)) for r in radii]
+        full = np.zeros((6, nk))
+        part = np.zeros((6, nk))
+        masked_band = np.zeros(nk, bool)
+        x0, x1, y0, y1 = box[-1]
+        for iy in range(y0, y1):
+            for ix in range(x0, x1):
+                dx, dy = ix - xi, iy - yi
+                rpix2 = dx * dx + dy * dy
+                if rpix2 >= r_out2[-1]:
+                    continue
+                raw = data[iy, ix]
+                pix = float(raw - back[iy, ix])  # in float32, then exactly to float64
+                var = float(err[iy, ix] * err[iy, ix])
+                bitsval = int(mask[iy, ix])
+                saturated = bool(bitsval & sat_bits) or raw > saturate
+                masked = bool(bitsval & bits) or raw > saturate or not np.isfinite(pix)
+                kf = next((k for k in range(nk) if rpix2 <= r_in2[k]), nk)
+                if kf < nk:
+                    terms = (0.0, 0.0, 1, 1, 1, saturated) if masked else (pix, var, 1, 0, 0, 0)
+                    for f, t in enumerate(terms):
+                        full[f, kf] += t
+                for k in range(kf - 1, -1, -1):
+                    if not rpix2 < r_out2[k]:
+                        break
+                    bx0, bx1, by0, by1 = box[k]
+                    if not (bx0 <= ix < bx1 and by0 <= iy < by1):
+                        continue
+                    ov = ap._overlap(dx - 0.5, dy - 0.5, dx + 0.5, dy + 0.5, radii[k])
+                    masked_band[k] |= masked
+                    if masked:
+                        terms = (0.0, 0.0, ov, ov, ov > 0, ov > 0 and saturated)
+                    else:
+                        terms = (pix * ov, var * ov, ov, 0.0, 0, 0)
+                    for f, t in enumerate(terms):
+                        part[f, k] += t
+        cumulative = np.zeros(6)
+        for k in range(nk):
+            for f, name in enumerate(out):
+                cumulative[f] += full[f, k]
+                out[name][k, i] = cumulative[f] + part[f, k]
+            sep32[k, i] = cumulative[4] > 0 or masked_band[k]
+    return out, sep32
+
+
+@pytest.mark.parametrize("radii", [RADII, np.array([0.4, 1.0, 2.5, 3.0, 3.3, 3.6, 3.6, 6.0])])
+def test_kernel_is_bitwise_its_pixel_by_pixel_arithmetic(radii):
+    """Every output, bitwise, on stars anywhere (edges, off the image, centred on pixel centres
+    and edges), with a background and an error map, mask bits, NaNs and saturated pixels; the
+    second radius set has radii below 2.83 px (sep's asin arc), a repeat and radii closer than
+    0.71 px (a pixel in more than two partial bands)."""
+    rng = np.random.default_rng(11)
+    shape = (48, 61)
+    data = rng.normal(100.0, 10.0, shape).astype(np.float32)
+    data[5, 7], data[30, 40] = np.nan, 5000.0
+    back = rng.normal(100.0, 1.0, shape).astype(np.float32)
+    err = rng.uniform(1.0, 3.0, shape).astype(np.float32)
+    mask = np.where(rng.uniform(size=shape) < 0.05, 1 << 8, 0).astype(np.int16)
+    mask[rng.uniform(size=shape) < 0.05] |= 1 << 1
+    x = np.concatenate([rng.uniform(-8, 69, 30), [20.0, 20.5, 0.0, 60.5, 30.25, -20.0]])
+    y = np.concatenate([rng.uniform(-8, 56, 30), [20.0, 20.5, 47.0, 10.0, -0.5, 10.0]])
+    res = ap.circular_apertures(data, x, y, radii, back=back, err=err, mask=mask, bits=6141,
+                                saturated_bits=1 << 8, saturate=2000.0)  # fmt: skip
+    ref, sep32 = pixel_by_pixel(data, x, y, list(radii), back, err, mask, 6141, 1 << 8, 2000.0)
+    fields = {"sum": res.sum, "var": res.var, "area": res.area, "marea": res.masked_area,
+              "nmask": res.n_masked, "nsat": res.n_saturated}  # fmt: skip
+    for name, ours in fields.items():
+        assert np.array_equal(ours, ref[name]), name
+    assert ref["nmask"].any() and ref["nsat"].any() and np.isfinite(res.sum).all()
+    assert np.array_equal((res.sep_flag & ap.SEP_APER_HASMASKED) != 0, sep32)
+
+
+def test_simd_overlap_is_bitwise_the_scalar_port():
+    """``_partial`` (branch-free, SIMD) and the pieces the kernel adds to it give ``_overlap``'s
+    bits on pixels all around circles of many radii, pixel centres on the axes included."""
+    rng = np.random.default_rng(3)
+    n = 200_000
+    r = rng.choice([0.3, 1.0, 2.0, 2.9, 3.0, 4.5, 7.25, 12.0, 40.0], n)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    dist = r + rng.uniform(-0.8, 0.8, n)
+    dx = np.round(dist * np.cos(angle) + rng.uniform(-0.5, 0.5, n), 3)
+    dy = np.round(dist * np.sin(angle) + rng.uniform(-0.5, 0.5, n), 3)
+    dx[:2000], dy[2000:4000] = rng.uniform(-0.5, 0.5, 2000), rng.uniform(-0.5, 0.5, 2000)
+    out, redo = np.empty(n), np.empty(n, np.int64)
+    ap._partial(dx, dy, r, n, out, redo)
+    for j in np.flatnonzero(redo == 1):  # the kernel's fallbacks
+        out[j] = ap._overlap(dx[j] - 0.5, dy[j] - 0.5, dx[j] + 0.5, dy[j] + 0.5, r[j])
+    for j in np.flatnonzero(redo == 2):
+        out[j] += ap._quadrant(dx[j] - 0.5, 0.0, dx[j] + 0.5, dy[j] + 0.5, r[j])
+    for j in np.flatnonzero(redo == 3):
+        out[j] += ap._quadrant(0.0, dy[j] - 0.5, dx[j] + 0.5, dy[j] + 0.5, r[j])
+    expected = np.array([ap.circular_overlap(a, b, c) for a, b, c in zip(dx, dy, r, strict=True)])
+    assert np.array_equal(out, expected)
+    assert (redo == 0).mean() > 0.5 and all((redo == code).any() for code in (1, 2, 3))
+
+
+def test_disk_mask_is_bitwise_its_sequential_definition():
+    """Random disks (fractional centres, some off the image, radii 0.4–30 px) painted in order
+    into a base with cells and a limit: the mask and the count equal painting each disk as
+    ``dx² + dy² ≤ r²`` after checking its cell's masked fraction."""
+    rng = np.random.default_rng(8)
+    shape, cell, frac = (203, 256), (64, 50), 0.3
+    base = rng.uniform(size=shape) < 0.05
+    n = 400
+    x, y = rng.uniform(-20, shape[1] + 20, n), rng.uniform(-20, shape[0] + 20, n)
+    r = rng.uniform(0.4, 30.0, n)
+    x[:3], y[:3], r[:3] = [10.0, 100.5, np.nan], [10.0, 100.5, 5.0], [7.0, 7.5, 3.0]
+    ours, painted = ap.disk_mask(shape, x, y, r, frac, base=base, cell=cell)
+    expected, count = base.copy(), 0
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for xi, yi, ri in zip(x, y, r, strict=True):
+        if not np.isfinite(xi):
+            continue
+        cx = min(max(int(np.floor(xi + 0.5)), 0), shape[1] - 1) // cell[0]
+        cy = min(max(int(np.floor(yi + 0.5)), 0), shape[0] - 1) // cell[1]
+        c = expected[cy * cell[1]:(cy + 1) * cell[1], cx * cell[0]:(cx + 1) * cell[0]]
+        if c.sum() > frac * c.size:
+            continue
+        expected |= (xx - xi) * (xx - xi) + (yy - yi) * (yy - yi) <= ri * ri
+        count += 1
+    assert np.array_equal(ours, expected) and painted == count
+    assert 0 < count < n - 1  # the limit left some out
+    # rows and cells not in whole 8-byte words: the byte-wise count
+    odd, painted_odd = ap.disk_mask((203, 251), x, y, r, frac, base=base[:, :251], cell=(61, 50))
+    assert painted_odd > 0 and odd.sum() > base[:, :251].sum()
+
+
+# ------------------------------------------------------------------------------------------
 # The real IPAC quadrant of the ztfimg 0.19.0 sdist (ztf_formats.md §6.1)
 # ------------------------------------------------------------------------------------------
 

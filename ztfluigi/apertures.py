@@ -34,11 +34,14 @@ There is no pure-numpy engine: sep remains the reference implementation (``Photo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from ztfluigi.jit import compiled
 
 __all__ = [
     "SEP_APER_HASMASKED",
@@ -56,12 +59,37 @@ SEP_APER_HASMASKED = 32  #: sep's APER_HASMASKED as sep computes it (masked pixe
 _BAND = 0.7072  # sep: half-diagonal margin of the partially-covered annulus, pixels
 
 
-def _njit(func: Callable) -> Callable:
-    """``numba.njit(nogil=True)``, cached on disk when a cache location is writable."""
-    try:
-        return numba.njit(cache=True, nogil=True)(func)
-    except RuntimeError:  # "cannot cache function …: no locator available"
-        return numba.njit(nogil=True)(func)
+_njit = compiled  # numpy's error model: the loops of _partial run on SIMD lanes
+
+
+@intrinsic
+def _prefetch(typingctx: object, array: types.Array, row: types.Integer, column: types.Integer):  # noqa: ANN202
+    """Ask the CPU to bring ``array[row, column]``'s cache line closer (LLVM ``prefetch``, read,
+    level 2 — no effect on results): the next star's stamp arrives while this one is measured."""
+    sig = types.void(array, row, column)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]],
+                                       wraparound=False)  # fmt: skip
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(2), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@_njit
+def _prefetch_stamp(image: np.ndarray, x0: int, x1: int, y0: int, y1: int) -> None:
+    """:func:`_prefetch` the cache lines of ``image[y0:y1, x0:x1]`` (bounds inside the image)."""
+    step = max(64 // image.itemsize, 1)
+    for iy in range(y0, y1):
+        for ix in range(x0, x1, step):
+            _prefetch(image, iy, ix)
+        _prefetch(image, iy, x1 - 1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -218,6 +246,129 @@ def circular_overlap(dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
 
 
 @_njit
+def _partial(dx: np.ndarray, dy: np.ndarray, r: np.ndarray, n: int, out: np.ndarray,
+             redo: np.ndarray) -> None:  # fmt: skip
+    """:func:`_overlap` of the unit pixels centred at ``(dx, dy)`` (first ``n`` entries), without
+    branches so that the loop runs on SIMD lanes.
+
+    Every case of :func:`_quadrant` and :func:`_core` is evaluated with the same operations in the
+    same order and the one that applies is selected, so each value is bitwise ``_overlap``'s. Left
+    to the caller (``redo``): 1, the arc needs sep's ``asin`` formula (``s > 0.25``, radii below
+    2.83 px) or the pixel straddles both axes — recompute it with :func:`_overlap`; 2 (3), the
+    pixel straddles the x (y) axis and ``out`` holds its lower (left) part — add the other.
+    """
+    for j in range(n):
+        rr = r[j]
+        xmin0 = dx[j] - 0.5
+        xmax0 = dx[j] + 0.5
+        ymin0 = dy[j] - 0.5
+        ymax0 = dy[j] + 0.5
+        x_split = not (0.0 <= xmin0 or 0.0 >= xmax0)
+        y_split = not (0.0 <= ymin0 or 0.0 >= ymax0)
+        x1 = 0.0 if x_split else xmax0  # _overlap's first piece of a split pixel
+        y1 = 0.0 if y_split else ymax0
+        # _quadrant's reflections (the (+, −) quadrant also swaps x and y)
+        xpos = 0.0 <= xmin0
+        ypos = 0.0 <= ymin0
+        swap = xpos and not ypos
+        ax0 = xmin0 if xpos else -x1
+        ax1 = x1 if xpos else -xmin0
+        ay0 = ymin0 if ypos else -y1
+        ay1 = y1 if ypos else -ymin0
+        xmin = ay0 if swap else ax0
+        ymin = ax0 if swap else ay0
+        xmax = ay1 if swap else ax1
+        ymax = ax1 if swap else ay1
+        # _core: every case, then the one that applies
+        xmin2 = xmin * xmin
+        ymin2 = ymin * ymin
+        r2 = rr * rr
+        xmax2 = xmax * xmax
+        ymax2 = ymax * ymax
+        outside = xmin2 + ymin2 > r2
+        inside = xmax2 + ymax2 < r2
+        full = (xmax - xmin) * (ymax - ymin)
+        ca = xmax2 + ymin2 < r2
+        cb = xmin2 + ymax2 < r2
+        c2 = ca and cb
+        c3 = ca and not cb
+        c4 = cb and not ca
+        # the chord (cx1, cy1)–(cx2, cy2): two square roots, their arguments chosen by case
+        sa = math.sqrt(r2 - ymax2 if c2 else (r2 - xmin2 if c3 else r2 - ymin2))
+        sb = math.sqrt(r2 - xmax2 if ca else (r2 - ymax2 if c4 else r2 - xmin2))
+        cx1 = xmin if c3 else sa
+        cy1 = ymax if c2 else (sa if c3 else ymin)
+        cx2 = xmax if ca else (sb if c4 else xmin)
+        cy2 = ymax if c4 else sb
+        # triangles (cx1, cy1), (px, py), (qx, qy) and (cx1, cy1), (px2, py2), (cx2, cy2)
+        px = cx1 if c3 else (xmin if c4 else cx2)
+        py = ymin if c3 else (cy1 if c4 else cy2)
+        qx = xmax if (c2 or c3) else xmin
+        qy = ymax if (c2 or c4) else ymin
+        t1 = 0.5 * abs(cx1 * (py - qy) + px * (qy - cy1) + qx * (cy1 - py))
+        px2 = cx2 if c3 else xmin
+        py2 = ymin if c3 else cy2
+        t2 = 0.5 * abs(cx1 * (py2 - cy2) + px2 * (cy2 - cy1) + cx2 * (cy1 - py2))
+        # _area_arc, series branch
+        a = math.sqrt((cx2 - cx1) * (cx2 - cx1) + (cy2 - cy1) * (cy2 - cy1))
+        s = 0.5 * a / rr
+        s2 = s * s
+        p = _C[13]
+        p = p * s2 + _C[12]
+        p = p * s2 + _C[11]
+        p = p * s2 + _C[10]
+        p = p * s2 + _C[9]
+        p = p * s2 + _C[8]
+        p = p * s2 + _C[7]
+        p = p * s2 + _C[6]
+        p = p * s2 + _C[5]
+        p = p * s2 + _C[4]
+        p = p * s2 + _C[3]
+        p = p * s2 + _C[2]
+        p = p * s2 + _C[1]
+        p = p * s2 + _C[0]
+        arc = rr * rr * (s * s2 * p)
+        v = (full - t1) + arc if c2 else ((arc + t1) + t2 if (c3 or c4) else arc + t1)
+        v = full if inside else v
+        out[j] = 0.0 if outside else v
+        asin = s > 0.25 and not (outside or inside)
+        split = 2 if y_split else (3 if x_split else 0)
+        redo[j] = 1 if (asin or (x_split and y_split)) else split
+
+
+@_njit
+def _rank_table(thresholds: np.ndarray, top: float) -> tuple[np.ndarray, float, bool]:
+    """For ``0 ≤ v < top``: ``table[int(v · scale)]`` is a lower bound of the number of
+    ``thresholds`` (ascending) below ``v``, short of it by at most one when ``one`` (distinct
+    thresholds at least ``4 / scale`` apart): a lookup instead of a data-dependent loop per pixel.
+    """
+    gap = top
+    one = True
+    for k in range(1, thresholds.size):
+        d = thresholds[k] - thresholds[k - 1]
+        if d > 0.0:
+            gap = min(gap, d)
+        else:
+            one = False
+    width = gap / 4.0
+    if width < top / 65536.0:
+        width = top / 65536.0
+        one = False
+    scale = 1.0 / width
+    nbins = np.int64(top * scale) + 2
+    table = np.empty(nbins, np.int64)
+    k = 0
+    for b in range(nbins):
+        # (b − 1)·width ≤ v for every v with int(v · scale) = b (width ≫ rounding of v · scale):
+        # a threshold missed is within 2·width below v
+        edge = (b - 1) * width
+        while k < thresholds.size and thresholds[k] < edge:
+            k += 1
+        table[b] = k
+    return table, scale, one
+
+
+@_njit
 def _apertures(
     data: np.ndarray,
     back: np.ndarray,
@@ -242,29 +393,36 @@ def _apertures(
     out_nsat: np.ndarray,
     out_sepflag: np.ndarray,
 ) -> None:
-    """One pass per star over the box of the largest radius; ``radii`` ascending.
+    """One pass per star over the pixels within ``r_max + 0.7072`` of it; ``radii`` ascending.
 
-    Stars are visited in the order ``visit`` (by row: neighbouring stamps share cached rows).
-    A pixel whose centre is within ``r_k − 0.7072`` of the star is wholly inside every radius
-    from ``k`` on: it is added once to bucket ``k`` and the buckets are summed cumulatively at
-    the end. Pixels in a radius' partial band (at most two radii for unit spacing) get their
-    exact overlap for that radius.
+    Stars are visited in the order ``visit`` (by row: neighbouring stamps share cached rows);
+    each row is walked over the columns of that disk only. A pixel whose centre is within
+    ``r_k − 0.7072`` of the star is wholly inside every radius from ``k`` on: it is counted once
+    in bucket ``k`` and the buckets are summed cumulatively at the end. A pixel in the partial
+    band of radius ``k`` is queued; the star's queue gets its overlaps from :func:`_partial`
+    (SIMD) and is then added in order (per radius: rows, then columns, ascending, as before).
     """
     ny, nx = data.shape
     nk = radii.size
-    r_in2 = np.empty(nk)
-    r_out2 = np.empty(nk)
+    r_in2 = np.empty(nk + 1)  # + ∞ sentinels
+    r_out2 = np.empty(nk + 1)
     for k in range(nk):
         rin = radii[k] - _BAND
         r_in2[k] = rin * rin if rin > 0.0 else 0.0
         rout = radii[k] + _BAND
         r_out2[k] = rout * rout
+    r_in2[nk] = r_out2[nk] = math.inf
     r_out2_max = r_out2[nk - 1]
+    # kf = #(r_in2 < rpix2): the first radius that holds the whole pixel (nk: none);
+    # kp = #(r_out2 ≤ rpix2): the first radius whose band or disk reaches it
+    in_table, in_scale, in_one = _rank_table(r_in2[:nk], r_out2_max)
+    out_table, out_scale, out_one = _rank_table(r_out2[:nk], r_out2_max)
     bx0 = np.empty(nk, np.int64)
     bx1 = np.empty(nk, np.int64)
     by0 = np.empty(nk, np.int64)
     by1 = np.empty(nk, np.int64)
-    # per radius: partial-band sums (exact overlap) and full-pixel buckets
+    row_x0 = np.empty(nk, np.int64)  # bx0, or beyond the row where the box misses it
+    # per radius: partial-band sums (exact overlap); full-pixel buckets (+ one for none)
     p_sum = np.empty(nk)
     p_var = np.empty(nk)
     p_area = np.empty(nk)
@@ -272,17 +430,47 @@ def _apertures(
     p_nmask = np.empty(nk, np.int64)
     p_nsat = np.empty(nk, np.int64)
     p_sep = np.empty(nk, np.bool_)
-    f_sum = np.empty(nk)
-    f_var = np.empty(nk)
-    f_area = np.empty(nk)
-    f_marea = np.empty(nk)
-    f_nmask = np.empty(nk, np.int64)
-    f_nsat = np.empty(nk, np.int64)
+    f_sum = np.empty(nk + 1)
+    f_var = np.empty(nk + 1)
+    f_n = np.empty(nk + 1, np.int64)
+    f_nmask = np.empty(nk + 1, np.int64)
+    f_nsat = np.empty(nk + 1, np.int64)
+    # at most nk pairs per pixel of the largest box, + 2 written past the end before they are
+    # kept or not
+    side = np.int64(2.0 * radii[nk - 1] + 3.0)
+    cap = nk * side * side + 2
+    # the star's pixels (within r_max + 0.7072) and its queue of partial (pixel, radius) pairs
+    q_pix = np.empty(side * side, np.float32)
+    q_var = np.empty(side * side, np.float32)
+    q_state = np.empty(side * side, np.uint8)  # 1 masked, 2 masked and saturated
+    e_code = np.empty(cap, np.int64)  # pixel << 16 | radius index
+    e_dx = np.empty(cap)
+    e_dy = np.empty(cap)
+    e_r = np.empty(cap)
+    e_ov = np.empty(cap)
+    e_redo = np.empty(cap, np.int64)
     var_const = err_value * err_value  # float32, as sep
+    reach = radii[nk - 1] + 1.5  # px: the stamp, generously
     for j in range(visit.size):
         i = visit[j]
         xi = x[i]
         yi = y[i]
+        if j + 1 < visit.size:  # the next stamp's pixels, while this one is measured
+            xn = x[visit[j + 1]]
+            yn = y[visit[j + 1]]
+            if -reach < xn < nx + reach and -reach < yn < ny + reach:
+                px0 = max(np.int64(xn - reach), 0)
+                px1 = min(np.int64(xn + reach) + 1, nx)
+                py0 = max(np.int64(yn - reach), 0)
+                py1 = min(np.int64(yn + reach) + 1, ny)
+                if px0 < px1 and py0 < py1:
+                    _prefetch_stamp(data, px0, px1, py0, py1)
+                    if has_back:
+                        _prefetch_stamp(back, px0, px1, py0, py1)
+                    if has_err:
+                        _prefetch_stamp(err, px0, px1, py0, py1)
+                    if has_mask:
+                        _prefetch_stamp(mask, px0, px1, py0, py1)
         for k in range(nk):
             r = radii[k]
             flag = 0
@@ -309,18 +497,35 @@ def _apertures(
             by1[k] = b1
             out_sepflag[k, i] = flag
             p_sum[k] = p_var[k] = p_area[k] = p_marea[k] = 0.0
-            f_sum[k] = f_var[k] = f_area[k] = f_marea[k] = 0.0
-            p_nmask[k] = p_nsat[k] = f_nmask[k] = f_nsat[k] = 0
+            p_nmask[k] = p_nsat[k] = 0
             p_sep[k] = False
+        for k in range(nk + 1):
+            f_sum[k] = f_var[k] = 0.0
+            f_n[k] = f_nmask[k] = f_nsat[k] = 0
+        n_e = 0
+        n_q = 0
         # the largest radius has the largest box
+        xa = bx0[nk - 1]
+        xb = bx1[nk - 1]
         for iy in range(by0[nk - 1], by1[nk - 1]):
             dy = iy - yi
             dy2 = dy * dy
-            for ix in range(bx0[nk - 1], bx1[nk - 1]):
+            h2 = r_out2_max - dy2
+            if not h2 > 0.0:
+                continue  # no pixel of the row has dx² + dy² < r_out2_max
+            # the columns with dx² + dy² < r_out2_max (a run: dx² + dy² grows with |dx|)
+            h = math.sqrt(h2)
+            c0 = max(np.int64(math.floor(xi - h)) - 1, xa)
+            c1 = min(np.int64(math.floor(xi + h)) + 2, xb)
+            while c0 < c1 and not (c0 - xi) * (c0 - xi) + dy2 < r_out2_max:
+                c0 += 1
+            while c1 > c0 and not (c1 - 1 - xi) * (c1 - 1 - xi) + dy2 < r_out2_max:
+                c1 -= 1
+            for k in range(nk):
+                row_x0[k] = bx0[k] if by0[k] <= iy < by1[k] else nx
+            for ix in range(c0, c1):
                 dx = ix - xi
                 rpix2 = dx * dx + dy2
-                if rpix2 >= r_out2_max:
-                    continue
                 raw = data[iy, ix]
                 pix = raw - back[iy, ix] if has_back else raw
                 varpix = var_const
@@ -329,45 +534,85 @@ def _apertures(
                     varpix = e * e
                 bitsval = np.int64(mask[iy, ix]) if has_mask else np.int64(0)
                 above = raw > saturate
-                saturated = (bitsval & sat_bits) != 0 or above
-                masked = (bitsval & bits) != 0 or above or not np.isfinite(pix)
-                # kf: first radius that holds the whole pixel (nk if none)
-                kf = nk
-                while kf > 0 and rpix2 <= r_in2[kf - 1]:
-                    kf -= 1
-                if kf < nk:
-                    if masked:
-                        f_marea[kf] += 1.0
-                        f_nmask[kf] += 1
-                        if saturated:
-                            f_nsat[kf] += 1
-                    else:
-                        f_sum[kf] += pix
-                        f_var[kf] += varpix
-                    f_area[kf] += 1.0
-                k = kf - 1
-                while k >= 0 and rpix2 < r_out2[k]:
-                    if bx0[k] <= ix < bx1[k] and by0[k] <= iy < by1[k]:
-                        ov = _overlap(dx - 0.5, dy - 0.5, dx + 0.5, dy + 0.5, radii[k])
-                        if masked:
-                            p_sep[k] = True
-                            p_marea[k] += ov
-                            if ov > 0.0:
-                                p_nmask[k] += 1
-                                if saturated:
-                                    p_nsat[k] += 1
-                        else:
-                            p_sum[k] += pix * ov
-                            p_var[k] += varpix * ov
-                        p_area[k] += ov
-                    k -= 1
+                saturated = ((bitsval & sat_bits) != 0) | above
+                masked = ((bitsval & bits) != 0) | above | (not np.isfinite(pix))
+                kf = in_table[np.int64(rpix2 * in_scale)]
+                kf += rpix2 > r_in2[kf]
+                if not in_one:
+                    while rpix2 > r_in2[kf]:
+                        kf += 1
+                kp = out_table[np.int64(rpix2 * out_scale)]
+                kp += rpix2 >= r_out2[kp]
+                if not out_one:
+                    while rpix2 >= r_out2[kp]:
+                        kp += 1
+                # whole pixel: bucket kf (nk: none)
+                f_sum[kf] += 0.0 if masked else pix
+                f_var[kf] += 0.0 if masked else varpix
+                f_n[kf] += 1
+                if masked:
+                    f_nmask[kf] += 1
+                    f_nsat[kf] += saturated
+                # partial pixel of radii kp … kf − 1 (within their boxes): queued; the
+                # two largest without a branch (more only where radii are < 0.71 px apart)
+                q_pix[n_q] = pix
+                q_var[n_q] = varpix
+                q_state[n_q] = np.uint8(masked) + np.uint8(2) * np.uint8(masked & saturated)
+                k1 = max(kf - 1, 0)
+                k2 = max(kf - 2, 0)
+                e_code[n_e] = n_q << 16 | k1
+                e_dx[n_e] = dx
+                e_dy[n_e] = dy
+                e_r[n_e] = radii[k1]
+                n_e += (kf - 1 >= kp) & (row_x0[k1] <= ix) & (ix < bx1[k1])
+                e_code[n_e] = n_q << 16 | k2
+                e_dx[n_e] = dx
+                e_dy[n_e] = dy
+                e_r[n_e] = radii[k2]
+                n_e += (kf - 2 >= kp) & (row_x0[k2] <= ix) & (ix < bx1[k2])
+                for k in range(kp, kf - 2):
+                    if row_x0[k] <= ix < bx1[k]:
+                        e_code[n_e] = n_q << 16 | k
+                        e_dx[n_e] = dx
+                        e_dy[n_e] = dy
+                        e_r[n_e] = radii[k]
+                        n_e += 1
+                n_q += 1
+        _partial(e_dx, e_dy, e_r, n_e, e_ov, e_redo)
+        for m in range(n_e):
+            q = e_code[m] >> 16
+            k = e_code[m] & 0xFFFF
+            ov = e_ov[m]
+            redo = e_redo[m]
+            if redo != 0:
+                dx = e_dx[m]
+                dy = e_dy[m]
+                if redo == 1:
+                    ov = _overlap(dx - 0.5, dy - 0.5, dx + 0.5, dy + 0.5, radii[k])
+                elif redo == 2:
+                    ov = ov + _quadrant(dx - 0.5, 0.0, dx + 0.5, dy + 0.5, radii[k])
+                else:
+                    ov = ov + _quadrant(0.0, dy - 0.5, dx + 0.5, dy + 0.5, radii[k])
+            state = q_state[q]
+            if state & 1:
+                p_sep[k] = True
+                p_marea[k] += ov
+                if ov > 0.0:
+                    p_nmask[k] += 1
+                    if state & 2:
+                        p_nsat[k] += 1
+            else:
+                p_sum[k] += q_pix[q] * ov
+                p_var[k] += q_var[q] * ov
+            p_area[k] += ov
         c_sum = c_var = c_area = c_marea = 0.0
         c_nmask = c_nsat = 0
         for k in range(nk):
+            # counts of whole pixels: their float sums of 1.0 are exact
             c_sum += f_sum[k]
             c_var += f_var[k]
-            c_area += f_area[k]
-            c_marea += f_marea[k]
+            c_area += np.float64(f_n[k])
+            c_marea += np.float64(f_nmask[k])
             c_nmask += f_nmask[k]
             c_nsat += f_nsat[k]
             out_sum[k, i] = c_sum + p_sum[k]
@@ -511,6 +756,48 @@ def circular_apertures(
 
 
 @_njit
+def _count_cells(out: np.ndarray, cw: np.int64, ch: np.int64) -> np.ndarray:
+    """Number of True pixels of ``out`` (bool, C-contiguous) per cell of ``cw × ch`` px.
+
+    Where rows and cells are whole 8-byte words, eight pixels are added at once: each byte of a
+    uint64 sum of at most 255 words counts its column's True pixels (bool bytes are 0 or 1).
+    """
+    ny, nx = out.shape
+    ncx = (nx + cw - 1) // cw
+    ncy = (ny + ch - 1) // ch
+    masked = np.zeros((ncy, ncx), np.int64)
+    if nx % 8 == 0 and cw % 8 == 0:
+        words = out.reshape(ny * nx).view(np.uint64)
+        nw = nx // 8
+        low = np.uint64(0x00FF00FF00FF00FF)
+        for iy in range(ny):
+            row = masked[iy // ch]
+            for cx in range(ncx):
+                lo = iy * nw + cx * (cw // 8)
+                hi = min(lo + cw // 8, (iy + 1) * nw)
+                total = 0
+                while lo < hi:
+                    top = min(lo + 255, hi)
+                    acc = np.uint64(0)
+                    for k in range(lo, top):
+                        acc += words[k]
+                    # byte counts → four 16-bit sums → their total in the top 16 bits
+                    acc = (acc & low) + ((acc >> np.uint64(8)) & low)
+                    total += np.int64((acc * np.uint64(0x0001000100010001)) >> np.uint64(48))
+                    lo = top
+                row[cx] += total
+        return masked
+    for iy in range(ny):
+        row = masked[iy // ch]
+        for cx in range(ncx):  # a plain (vectorisable) count per cell and row
+            count = 0
+            for ix in range(cx * cw, min((cx + 1) * cw, nx)):
+                count += out[iy, ix]
+            row[cx] += count
+    return masked
+
+
+@_njit
 def _disks(
     out: np.ndarray,
     x: np.ndarray,
@@ -520,49 +807,61 @@ def _disks(
     ch: np.int64,
     max_fraction: float,
 ) -> int:
+    """Paint the disks into ``out`` (see :func:`disk_mask`); the number painted.
+
+    Each row of a disk is the run of columns with ``dx² + dy² ≤ r²`` (it grows with ``|dx|``),
+    found from the circle and checked with that test at its ends; runs are split at cell edges
+    so that each piece adds its newly masked pixels to its cell's count at once.
+    """
     ny, nx = out.shape
-    ncx = (nx + cw - 1) // cw
-    ncy = (ny + ch - 1) // ch
-    masked = np.zeros((ncy, ncx), np.int64)
+    masked = _count_cells(out, cw, ch)
+    ncy, ncx = masked.shape
     limit = np.empty((ncy, ncx))
     for cy in range(ncy):
         for cx in range(ncx):
             h = min(ch, ny - cy * ch)
             w = min(cw, nx - cx * cw)
             limit[cy, cx] = max_fraction * h * w
-    column_cell = np.empty(nx, np.int64)
-    for ix in range(nx):
-        column_cell[ix] = ix // cw
-    for iy in range(ny):
-        row = masked[iy // ch]
-        for cx in range(ncx):  # a plain (vectorisable) count per cell and row
-            count = 0
-            for ix in range(cx * cw, min((cx + 1) * cw, nx)):
-                count += out[iy, ix]
-            row[cx] += count
     painted = 0
     for i in range(x.size):
         ri = r[i]
-        if not (ri > 0.0) or not np.isfinite(x[i]) or not np.isfinite(y[i]):
+        xi = x[i]
+        yi = y[i]
+        if not (ri > 0.0) or not np.isfinite(xi) or not np.isfinite(yi):
             continue
         # the mesh cell of the centre (clamped onto the image for stars beyond the edge)
-        cx = min(max(np.int64(math.floor(x[i] + 0.5)), 0), nx - 1) // cw
-        cy = min(max(np.int64(math.floor(y[i] + 0.5)), 0), ny - 1) // ch
+        cx = min(max(np.int64(math.floor(xi + 0.5)), 0), nx - 1) // cw
+        cy = min(max(np.int64(math.floor(yi + 0.5)), 0), ny - 1) // ch
         if masked[cy, cx] > limit[cy, cx]:
             continue
         r2 = ri * ri
-        ya = max(np.int64(math.ceil(y[i] - ri)), 0)
-        yb = min(np.int64(math.floor(y[i] + ri)), ny - 1)
-        xa = max(np.int64(math.ceil(x[i] - ri)), 0)
-        xb = min(np.int64(math.floor(x[i] + ri)), nx - 1)
+        ya = max(np.int64(math.ceil(yi - ri)), 0)
+        yb = min(np.int64(math.floor(yi + ri)), ny - 1)
+        xa = max(np.int64(math.ceil(xi - ri)), 0)
+        xb = min(np.int64(math.floor(xi + ri)), nx - 1)
         for iy in range(ya, yb + 1):
-            dy = iy - y[i]
-            cy_row = iy // ch
-            for ix in range(xa, xb + 1):
-                dx = ix - x[i]
-                if dx * dx + dy * dy <= r2 and not out[iy, ix]:
+            dy = iy - yi
+            dy2 = dy * dy
+            h2 = r2 - dy2
+            if h2 < 0.0:
+                continue  # dx² + dy² ≥ dy² > r²
+            h = math.sqrt(h2)
+            c0 = max(np.int64(math.floor(xi - h)) - 1, xa)
+            c1 = min(np.int64(math.floor(xi + h)) + 1, xb)
+            while c0 <= c1 and not (c0 - xi) * (c0 - xi) + dy2 <= r2:
+                c0 += 1
+            while c1 >= c0 and not (c1 - xi) * (c1 - xi) + dy2 <= r2:
+                c1 -= 1
+            cells = masked[iy // ch]
+            while c0 <= c1:
+                cell = c0 // cw
+                end = min(c1, (cell + 1) * cw - 1)
+                new = 0
+                for ix in range(c0, end + 1):
+                    new += not out[iy, ix]
                     out[iy, ix] = True
-                    masked[cy_row, column_cell[ix]] += 1
+                cells[cell] += new
+                c0 = end + 1
         painted += 1
     return painted
 
@@ -598,6 +897,8 @@ def disk_mask(
     if out.shape != tuple(shape):
         raise ValueError(f"base shape {out.shape} != {tuple(shape)}")
     cw, ch = (shape[1], shape[0]) if cell is None else cell
+    if not (int(cw) > 0 and int(ch) > 0):
+        raise ValueError(f"cell must be positive (width, height) in pixels, not {cell!r}")
     x = np.ascontiguousarray(x, dtype=np.float64)
     y = np.ascontiguousarray(y, dtype=np.float64)
     r = np.ascontiguousarray(np.broadcast_to(radius, x.shape), dtype=np.float64)
