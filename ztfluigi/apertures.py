@@ -337,19 +337,20 @@ def _partial(dx: np.ndarray, dy: np.ndarray, r: np.ndarray, n: int, out: np.ndar
 
 
 @_njit
-def _rank_table(thresholds: np.ndarray, top: float) -> tuple[np.ndarray, float, bool]:
-    """For ``0 ≤ v < top``: ``table[int(v · scale)]`` is a lower bound of the number of
-    ``thresholds`` (ascending) below ``v``, short of it by at most one when ``one`` (distinct
-    thresholds at least ``4 / scale`` apart): a lookup instead of a data-dependent loop per pixel.
-    """
+def _rank_table(inner: np.ndarray, outer: np.ndarray, top: float) -> tuple[np.ndarray, float, bool]:
+    """For ``0 ≤ v < top``, ``t = table[int(v · scale)]``: ``t & 0xFFFFFFFF`` and ``t >> 32`` are
+    lower bounds of the numbers of ``inner`` and ``outer`` thresholds (each ascending) below
+    ``v``, short by at most one when ``one`` (distinct thresholds at least ``4 / scale`` apart):
+    one lookup instead of data-dependent loops per pixel."""
     gap = top
     one = True
-    for k in range(1, thresholds.size):
-        d = thresholds[k] - thresholds[k - 1]
-        if d > 0.0:
-            gap = min(gap, d)
-        else:
-            one = False
+    for thresholds in (inner, outer):
+        for k in range(1, thresholds.size):
+            d = thresholds[k] - thresholds[k - 1]
+            if d > 0.0:
+                gap = min(gap, d)
+            else:
+                one = False
     width = gap / 4.0
     if width < top / 65536.0:
         width = top / 65536.0
@@ -357,14 +358,17 @@ def _rank_table(thresholds: np.ndarray, top: float) -> tuple[np.ndarray, float, 
     scale = 1.0 / width
     nbins = np.int64(top * scale) + 2
     table = np.empty(nbins, np.int64)
-    k = 0
+    ki = 0
+    ko = 0
     for b in range(nbins):
         # (b − 1)·width ≤ v for every v with int(v · scale) = b (width ≫ rounding of v · scale):
         # a threshold missed is within 2·width below v
         edge = (b - 1) * width
-        while k < thresholds.size and thresholds[k] < edge:
-            k += 1
-        table[b] = k
+        while ki < inner.size and inner[ki] < edge:
+            ki += 1
+        while ko < outer.size and outer[ko] < edge:
+            ko += 1
+        table[b] = ki | ko << 32
     return table, scale, one
 
 
@@ -415,13 +419,15 @@ def _apertures(
     r_out2_max = r_out2[nk - 1]
     # kf = #(r_in2 < rpix2): the first radius that holds the whole pixel (nk: none);
     # kp = #(r_out2 ≤ rpix2): the first radius whose band or disk reaches it
-    in_table, in_scale, in_one = _rank_table(r_in2[:nk], r_out2_max)
-    out_table, out_scale, out_one = _rank_table(r_out2[:nk], r_out2_max)
+    table, scale, one = _rank_table(r_in2[:nk], r_out2[:nk], r_out2_max)
     bx0 = np.empty(nk, np.int64)
     bx1 = np.empty(nk, np.int64)
     by0 = np.empty(nk, np.int64)
     by1 = np.empty(nk, np.int64)
-    row_x0 = np.empty(nk, np.int64)  # bx0, or beyond the row where the box misses it
+    # sep's boxes grow with the radius (nested): the first radius whose box holds a column
+    # (a row) holds it for every larger radius
+    side = np.int64(2.0 * radii[nk - 1] + 3.0)
+    col_k = np.empty(side + 2, np.int64)
     # per radius: partial-band sums (exact overlap); full-pixel buckets (+ one for none)
     p_sum = np.empty(nk)
     p_var = np.empty(nk)
@@ -437,7 +443,6 @@ def _apertures(
     f_nsat = np.empty(nk + 1, np.int64)
     # at most nk pairs per pixel of the largest box, + 2 written past the end before they are
     # kept or not
-    side = np.int64(2.0 * radii[nk - 1] + 3.0)
     cap = nk * side * side + 2
     # the star's pixels (within r_max + 0.7072) and its queue of partial (pixel, radius) pairs
     q_pix = np.empty(side * side, np.float32)
@@ -507,6 +512,11 @@ def _apertures(
         # the largest radius has the largest box
         xa = bx0[nk - 1]
         xb = bx1[nk - 1]
+        for ix in range(xa, xb):
+            k = 0
+            while not (bx0[k] <= ix < bx1[k]):
+                k += 1
+            col_k[ix - xa] = k
         for iy in range(by0[nk - 1], by1[nk - 1]):
             dy = iy - yi
             dy2 = dy * dy
@@ -521,67 +531,75 @@ def _apertures(
                 c0 += 1
             while c1 > c0 and not (c1 - 1 - xi) * (c1 - 1 - xi) + dy2 < r_out2_max:
                 c1 -= 1
-            for k in range(nk):
-                row_x0[k] = bx0[k] if by0[k] <= iy < by1[k] else nx
+            row_k = 0
+            while not (by0[row_k] <= iy < by1[row_k]):
+                row_k += 1
+            uy = np.uint64(iy)
             for ix in range(c0, c1):
+                # (indices cast to unsigned: no negative-index wrap-around code in this loop)
+                ux = np.uint64(ix)
                 dx = ix - xi
                 rpix2 = dx * dx + dy2
-                raw = data[iy, ix]
-                pix = raw - back[iy, ix] if has_back else raw
+                raw = data[uy, ux]
+                pix = raw - back[uy, ux] if has_back else raw
                 varpix = var_const
                 if has_err:
-                    e = err[iy, ix]
+                    e = err[uy, ux]
                     varpix = e * e
-                bitsval = np.int64(mask[iy, ix]) if has_mask else np.int64(0)
+                bitsval = np.int64(mask[uy, ux]) if has_mask else np.int64(0)
                 above = raw > saturate
                 saturated = ((bitsval & sat_bits) != 0) | above
                 masked = ((bitsval & bits) != 0) | above | (not np.isfinite(pix))
-                kf = in_table[np.int64(rpix2 * in_scale)]
-                kf += rpix2 > r_in2[kf]
-                if not in_one:
+                t = table[np.uint64(rpix2 * scale)]
+                kf = t & 0xFFFFFFFF
+                kp = t >> 32
+                kf += rpix2 > r_in2[np.uint64(kf)]
+                kp += rpix2 >= r_out2[np.uint64(kp)]
+                if not one:
                     while rpix2 > r_in2[kf]:
                         kf += 1
-                kp = out_table[np.int64(rpix2 * out_scale)]
-                kp += rpix2 >= r_out2[kp]
-                if not out_one:
                     while rpix2 >= r_out2[kp]:
                         kp += 1
                 # whole pixel: bucket kf (nk: none)
-                f_sum[kf] += 0.0 if masked else pix
-                f_var[kf] += 0.0 if masked else varpix
-                f_n[kf] += 1
+                uf = np.uint64(kf)
+                f_sum[uf] += 0.0 if masked else pix
+                f_var[uf] += 0.0 if masked else varpix
+                f_n[uf] += 1
                 if masked:
-                    f_nmask[kf] += 1
-                    f_nsat[kf] += saturated
+                    f_nmask[uf] += 1
+                    f_nsat[uf] += saturated
                 # partial pixel of radii kp … kf − 1 (within their boxes): queued; the
                 # two largest without a branch (more only where radii are < 0.71 px apart)
-                q_pix[n_q] = pix
-                q_var[n_q] = varpix
-                q_state[n_q] = np.uint8(masked) + np.uint8(2) * np.uint8(masked & saturated)
-                k1 = max(kf - 1, 0)
-                k2 = max(kf - 2, 0)
-                e_code[n_e] = n_q << 16 | k1
-                e_dx[n_e] = dx
-                e_dy[n_e] = dy
-                e_r[n_e] = radii[k1]
-                n_e += (kf - 1 >= kp) & (row_x0[k1] <= ix) & (ix < bx1[k1])
-                e_code[n_e] = n_q << 16 | k2
-                e_dx[n_e] = dx
-                e_dy[n_e] = dy
-                e_r[n_e] = radii[k2]
-                n_e += (kf - 2 >= kp) & (row_x0[k2] <= ix) & (ix < bx1[k2])
-                for k in range(kp, kf - 2):
-                    if row_x0[k] <= ix < bx1[k]:
-                        e_code[n_e] = n_q << 16 | k
-                        e_dx[n_e] = dx
-                        e_dy[n_e] = dy
-                        e_r[n_e] = radii[k]
-                        n_e += 1
+                uq = np.uint64(n_q)
+                q_pix[uq] = pix
+                q_var[uq] = varpix
+                q_state[uq] = np.uint8(masked) + np.uint8(2) * np.uint8(masked & saturated)
+                klo = max(kp, row_k, col_k[np.uint64(ix - xa)])
+                k1 = np.uint64(max(kf - 1, 0))
+                k2 = np.uint64(max(kf - 2, 0))
+                ue = np.uint64(n_e)
+                e_code[ue] = n_q << 16 | np.int64(k1)
+                e_dx[ue] = dx
+                e_dy[ue] = dy
+                e_r[ue] = radii[k1]
+                n_e += kf - 1 >= klo
+                ue = np.uint64(n_e)
+                e_code[ue] = n_q << 16 | np.int64(k2)
+                e_dx[ue] = dx
+                e_dy[ue] = dy
+                e_r[ue] = radii[k2]
+                n_e += kf - 2 >= klo
+                for k in range(klo, kf - 2):
+                    e_code[n_e] = n_q << 16 | k
+                    e_dx[n_e] = dx
+                    e_dy[n_e] = dy
+                    e_r[n_e] = radii[k]
+                    n_e += 1
                 n_q += 1
         _partial(e_dx, e_dy, e_r, n_e, e_ov, e_redo)
         for m in range(n_e):
-            q = e_code[m] >> 16
-            k = e_code[m] & 0xFFFF
+            q = np.uint64(e_code[m] >> 16)
+            k = np.uint64(e_code[m] & 0xFFFF)
             ov = e_ov[m]
             redo = e_redo[m]
             if redo != 0:
@@ -853,13 +871,15 @@ def _disks(
             while c1 >= c0 and not (c1 - xi) * (c1 - xi) + dy2 <= r2:
                 c1 -= 1
             cells = masked[iy // ch]
+            uy = np.uint64(iy)  # unsigned indices: no negative-index wrap-around code
             while c0 <= c1:
                 cell = c0 // cw
                 end = min(c1, (cell + 1) * cw - 1)
                 new = 0
                 for ix in range(c0, end + 1):
-                    new += not out[iy, ix]
-                    out[iy, ix] = True
+                    ux = np.uint64(ix)
+                    new += not out[uy, ux]
+                    out[uy, ux] = True
                 cells[cell] += new
                 c0 = end + 1
         painted += 1
