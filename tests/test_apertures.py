@@ -292,7 +292,7 @@ def test_simd_overlap_is_bitwise_the_scalar_port():
     dy = np.round(dist * np.sin(angle) + rng.uniform(-0.5, 0.5, n), 3)
     dx[:2000], dy[2000:4000] = rng.uniform(-0.5, 0.5, 2000), rng.uniform(-0.5, 0.5, 2000)
     out, redo = np.empty(n), np.empty(n, np.int64)
-    ap._partial(dx, dy, r, n, out, redo)
+    ap._partial(dx, dy, r, n, out, redo, np.empty(n), np.empty(n), np.empty(n, bool))
     for j in np.flatnonzero(redo == 1):  # the kernel's fallbacks
         out[j] = ap._overlap(dx[j] - 0.5, dy[j] - 0.5, dx[j] + 0.5, dy[j] + 0.5, r[j])
     for j in np.flatnonzero(redo == 2):

@@ -246,16 +246,27 @@ def circular_overlap(dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
 
 
 @_njit
-def _partial(dx: np.ndarray, dy: np.ndarray, r: np.ndarray, n: int, out: np.ndarray,
-             redo: np.ndarray) -> None:  # fmt: skip
+def _partial(
+    dx: np.ndarray,
+    dy: np.ndarray,
+    r: np.ndarray,
+    n: int,
+    out: np.ndarray,
+    redo: np.ndarray,
+    pre: np.ndarray,
+    post: np.ndarray,
+    fixed: np.ndarray,
+) -> None:
     """:func:`_overlap` of the unit pixels centred at ``(dx, dy)`` (first ``n`` entries), without
-    branches so that the loop runs on SIMD lanes.
+    branches so that the loops run on SIMD lanes (``pre``, ``post``, ``fixed``: scratch).
 
     Every case of :func:`_quadrant` and :func:`_core` is evaluated with the same operations in the
-    same order and the one that applies is selected, so each value is bitwise ``_overlap``'s. Left
-    to the caller (``redo``): 1, the arc needs sep's ``asin`` formula (``s > 0.25``, radii below
-    2.83 px) or the pixel straddles both axes — recompute it with :func:`_overlap`; 2 (3), the
-    pixel straddles the x (y) axis and ``out`` holds its lower (left) part — add the other.
+    same order and the one that applies is selected, so each value is bitwise ``_overlap``'s. Two
+    loops — up to the arc's ``s``, then its series and the sum — so that more pixels are in
+    flight along the long chain of dependent operations. Left to the caller (``redo``): 1, the
+    arc needs sep's ``asin`` formula (``s > 0.25``, radii below 2.83 px) or the pixel straddles
+    both axes — recompute it with :func:`_overlap`; 2 (3), the pixel straddles the x (y) axis
+    and ``out`` holds its lower (left) part — add the other.
     """
     for j in range(n):
         rr = r[j]
@@ -309,9 +320,21 @@ def _partial(dx: np.ndarray, dy: np.ndarray, r: np.ndarray, n: int, out: np.ndar
         px2 = cx2 if c3 else xmin
         py2 = ymin if c3 else cy2
         t2 = 0.5 * abs(cx1 * (py2 - cy2) + px2 * (cy2 - cy1) + cx2 * (cy1 - py2))
-        # _area_arc, series branch
+        # _area_arc, series branch: its argument here, the series below
         a = math.sqrt((cx2 - cx1) * (cx2 - cx1) + (cy2 - cy1) * (cy2 - cy1))
         s = 0.5 * a / rr
+        out[j] = s
+        # the overlap: (arc + pre) + post, or pre where fixed; post = +0.0 adds nothing (the arc
+        # is never −0.0)
+        pre[j] = 0.0 if outside else (full if inside else (full - t1 if c2 else t1))
+        post[j] = t2 if (c3 or c4) else 0.0
+        fixed[j] = outside or inside
+        asin = s > 0.25 and not (outside or inside)
+        split = 2 if y_split else (3 if x_split else 0)
+        redo[j] = 1 if (asin or (x_split and y_split)) else split
+    for j in range(n):
+        rr = r[j]
+        s = out[j]
         s2 = s * s
         p = _C[13]
         p = p * s2 + _C[12]
@@ -328,12 +351,7 @@ def _partial(dx: np.ndarray, dy: np.ndarray, r: np.ndarray, n: int, out: np.ndar
         p = p * s2 + _C[1]
         p = p * s2 + _C[0]
         arc = rr * rr * (s * s2 * p)
-        v = (full - t1) + arc if c2 else ((arc + t1) + t2 if (c3 or c4) else arc + t1)
-        v = full if inside else v
-        out[j] = 0.0 if outside else v
-        asin = s > 0.25 and not (outside or inside)
-        split = 2 if y_split else (3 if x_split else 0)
-        redo[j] = 1 if (asin or (x_split and y_split)) else split
+        out[j] = pre[j] if fixed[j] else (arc + pre[j]) + post[j]
 
 
 @_njit
@@ -454,6 +472,9 @@ def _apertures(
     e_r = np.empty(cap)
     e_ov = np.empty(cap)
     e_redo = np.empty(cap, np.int64)
+    e_pre = np.empty(cap)  # _partial's scratch
+    e_post = np.empty(cap)
+    e_fixed = np.empty(cap, np.bool_)
     var_const = err_value * err_value  # float32, as sep
     reach = radii[nk - 1] + 1.5  # px: the stamp, generously
     for j in range(visit.size):
@@ -596,7 +617,7 @@ def _apertures(
                     e_r[n_e] = radii[k]
                     n_e += 1
                 n_q += 1
-        _partial(e_dx, e_dy, e_r, n_e, e_ov, e_redo)
+        _partial(e_dx, e_dy, e_r, n_e, e_ov, e_redo, e_pre, e_post, e_fixed)
         for m in range(n_e):
             q = np.uint64(e_code[m] >> 16)
             k = np.uint64(e_code[m] & 0xFFFF)
