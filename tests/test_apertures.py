@@ -253,12 +253,15 @@ def pixel_by_pixel(data, x, y, radii, back, err, mask, bits, sat_bits, saturate)
     return out, sep32
 
 
+@pytest.mark.parametrize("queue", [ap._QUEUE, 0])
 @pytest.mark.parametrize("radii", [RADII, np.array([0.4, 1.0, 2.5, 3.0, 3.3, 3.6, 3.6, 6.0])])
-def test_kernel_is_bitwise_its_pixel_by_pixel_arithmetic(radii):
+def test_kernel_is_bitwise_its_pixel_by_pixel_arithmetic(radii, queue, monkeypatch):
     """Every output, bitwise, on stars anywhere (edges, off the image, centred on pixel centres
     and edges), with a background and an error map, mask bits, NaNs and saturated pixels; the
     second radius set has radii below 2.83 px (sep's asin arc), a repeat and radii closer than
-    0.71 px (a pixel in more than two partial bands)."""
+    0.71 px (a pixel in more than two partial bands). ``queue`` 0: the queue of partial pixels
+    holds one row's, so that it is drained several times per star."""
+    monkeypatch.setattr(ap, "_QUEUE", queue)
     rng = np.random.default_rng(11)
     shape = (48, 61)
     data = rng.normal(100.0, 10.0, shape).astype(np.float32)

@@ -57,6 +57,7 @@ SEP_APER_TRUNC = 16  #: sep's APER_TRUNC as sep computes it (box extent clipped 
 SEP_APER_HASMASKED = 32  #: sep's APER_HASMASKED as sep computes it (masked pixel within r + 0.7072)
 
 _BAND = 0.7072  # sep: half-diagonal margin of the partially-covered annulus, pixels
+_QUEUE = 4096  # (pixel, radius) pairs queued for _partial before they are added: a star's
 
 
 _njit = compiled  # numpy's error model: the loops of _partial run on SIMD lanes
@@ -391,6 +392,61 @@ def _rank_table(inner: np.ndarray, outer: np.ndarray, top: float) -> tuple[np.nd
 
 
 @_njit
+def _drain(
+    n_e: int,
+    e_code: np.ndarray,
+    e_dx: np.ndarray,
+    e_dy: np.ndarray,
+    e_r: np.ndarray,
+    e_ov: np.ndarray,
+    e_redo: np.ndarray,
+    e_pre: np.ndarray,
+    e_post: np.ndarray,
+    e_fixed: np.ndarray,
+    q_pix: np.ndarray,
+    q_var: np.ndarray,
+    q_state: np.ndarray,
+    radii: np.ndarray,
+    p_sum: np.ndarray,
+    p_var: np.ndarray,
+    p_area: np.ndarray,
+    p_marea: np.ndarray,
+    p_nmask: np.ndarray,
+    p_nsat: np.ndarray,
+    p_sep: np.ndarray,
+) -> None:
+    """Overlaps of the first ``n_e`` queued (pixel, radius) pairs (:func:`_partial`), then their
+    terms added to the partial-band sums of their radius, in the queue's order."""
+    _partial(e_dx, e_dy, e_r, n_e, e_ov, e_redo, e_pre, e_post, e_fixed)
+    for m in range(n_e):
+        q = np.uint64(e_code[m] >> 16)
+        k = np.uint64(e_code[m] & 0xFFFF)
+        ov = e_ov[m]
+        redo = e_redo[m]
+        if redo != 0:
+            dx = e_dx[m]
+            dy = e_dy[m]
+            if redo == 1:
+                ov = _overlap(dx - 0.5, dy - 0.5, dx + 0.5, dy + 0.5, radii[k])
+            elif redo == 2:
+                ov = ov + _quadrant(dx - 0.5, 0.0, dx + 0.5, dy + 0.5, radii[k])
+            else:
+                ov = ov + _quadrant(0.0, dy - 0.5, dx + 0.5, dy + 0.5, radii[k])
+        state = q_state[q]
+        if state & 1:
+            p_sep[k] = True
+            p_marea[k] += ov
+            if ov > 0.0:
+                p_nmask[k] += 1
+                if state & 2:
+                    p_nsat[k] += 1
+        else:
+            p_sum[k] += q_pix[q] * ov
+            p_var[k] += q_var[q] * ov
+        p_area[k] += ov
+
+
+@_njit
 def _apertures(
     data: np.ndarray,
     back: np.ndarray,
@@ -407,6 +463,7 @@ def _apertures(
     y: np.ndarray,
     visit: np.ndarray,
     radii: np.ndarray,
+    queue: int,
     out_sum: np.ndarray,
     out_var: np.ndarray,
     out_area: np.ndarray,
@@ -459,9 +516,10 @@ def _apertures(
     f_n = np.empty(nk + 1, np.int64)
     f_nmask = np.empty(nk + 1, np.int64)
     f_nsat = np.empty(nk + 1, np.int64)
-    # at most nk pairs per pixel of the largest box, + 2 written past the end before they are
-    # kept or not
-    cap = nk * side * side + 2
+    # the queue holds ``queue`` pairs, a star's usually; drained early if a row could overflow
+    # it (a row queues at most nk pairs per pixel, + 2 written past the end before they are kept
+    # or not)
+    cap = max(nk * side, queue) + 2
     # the star's pixels (within r_max + 0.7072) and its queue of partial (pixel, radius) pairs
     q_pix = np.empty(side * side, np.float32)
     q_var = np.empty(side * side, np.float32)
@@ -555,6 +613,11 @@ def _apertures(
             row_k = 0
             while not (by0[row_k] <= iy < by1[row_k]):
                 row_k += 1
+            if n_e + (c1 - c0) * nk + 2 > cap:
+                _drain(n_e, e_code, e_dx, e_dy, e_r, e_ov, e_redo, e_pre, e_post, e_fixed, q_pix,
+                       q_var, q_state, radii, p_sum, p_var, p_area, p_marea, p_nmask, p_nsat,
+                       p_sep)  # fmt: skip
+                n_e = 0
             uy = np.uint64(iy)
             for ix in range(c0, c1):
                 # (indices cast to unsigned: no negative-index wrap-around code in this loop)
@@ -617,33 +680,9 @@ def _apertures(
                     e_r[n_e] = radii[k]
                     n_e += 1
                 n_q += 1
-        _partial(e_dx, e_dy, e_r, n_e, e_ov, e_redo, e_pre, e_post, e_fixed)
-        for m in range(n_e):
-            q = np.uint64(e_code[m] >> 16)
-            k = np.uint64(e_code[m] & 0xFFFF)
-            ov = e_ov[m]
-            redo = e_redo[m]
-            if redo != 0:
-                dx = e_dx[m]
-                dy = e_dy[m]
-                if redo == 1:
-                    ov = _overlap(dx - 0.5, dy - 0.5, dx + 0.5, dy + 0.5, radii[k])
-                elif redo == 2:
-                    ov = ov + _quadrant(dx - 0.5, 0.0, dx + 0.5, dy + 0.5, radii[k])
-                else:
-                    ov = ov + _quadrant(0.0, dy - 0.5, dx + 0.5, dy + 0.5, radii[k])
-            state = q_state[q]
-            if state & 1:
-                p_sep[k] = True
-                p_marea[k] += ov
-                if ov > 0.0:
-                    p_nmask[k] += 1
-                    if state & 2:
-                        p_nsat[k] += 1
-            else:
-                p_sum[k] += q_pix[q] * ov
-                p_var[k] += q_var[q] * ov
-            p_area[k] += ov
+        _drain(n_e, e_code, e_dx, e_dy, e_r, e_ov, e_redo, e_pre, e_post, e_fixed, q_pix,
+               q_var, q_state, radii, p_sum, p_var, p_area, p_marea, p_nmask, p_nsat,
+               p_sep)  # fmt: skip
         c_sum = c_var = c_area = c_marea = 0.0
         c_nmask = c_nsat = 0
         for k in range(nk):
@@ -748,6 +787,8 @@ def circular_apertures(
     r = np.atleast_1d(np.asarray(radii, dtype=np.float64))
     if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r)) or np.any(r <= 0):
         raise ValueError(f"radii must be a non-empty sequence of positive numbers: {radii!r}")
+    if r.size > 0xFFFF:  # the kernel packs a radius index in 16 bits
+        raise ValueError(f"at most 65535 radii, not {r.size}")
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
     y = np.atleast_1d(np.asarray(y, dtype=np.float64))
     if x.shape != y.shape or x.ndim != 1:
@@ -781,7 +822,8 @@ def circular_apertures(
     _apertures(
         img, bk, has_back, er, has_err, err_value, mk, has_mask, np.int64(bits),
         np.int64(saturated_bits), float(saturate), x, y, np.argsort(y, kind="stable"), r_sorted,
-        out.sum, out.var, out.area, out.masked_area, out.n_masked, out.n_saturated, out.sep_flag,
+        _QUEUE, out.sum, out.var, out.area, out.masked_area, out.n_masked, out.n_saturated,
+        out.sep_flag,
     )  # fmt: skip
     if np.any(order != np.arange(r.size)):
         inverse = np.argsort(order)
