@@ -23,8 +23,8 @@ Also printed: the largest |difference| of the sums relative to Σ|pixel × overl
 processes counts less) of the two compiled kernels of the default spec on this quadrant, with
 the arguments ``photometry_catalogue`` gives them: ``circular_apertures`` (ten radii of the
 in-footprint stars, background and rms maps, IPAC mask, saturation) and the star ``disk_mask``
-painted into the background's bad-pixel map. Issue #15 on a quiet 2-core Xeon (4 307 stars,
-6 994 disks): 86–88 → ≈ 60 CPU-ms and 9.4–11 → ≈ 4–5.6 CPU-ms, outputs bitwise unchanged.
+painted into the background's bad-pixel map. Issue #15, same process, 2-core Xeon (4 307 stars,
+6 994 disks): 86–91 → 49–53 CPU-ms and 8–11 → 3–5 CPU-ms, outputs bitwise unchanged.
 """
 
 from __future__ import annotations
