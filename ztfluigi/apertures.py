@@ -73,12 +73,13 @@ _njit = compiled  # numpy's error model: the loops of _partial run on SIMD lanes
 
 
 @intrinsic
-def _prefetch(typingctx: object, array: types.Array, row: types.Integer, column: types.Integer):  # noqa: ANN202
+def _prefetch(typingctx: object, array: types.Array, row: types.Integer, column: types.Integer
+              ) -> tuple:  # fmt: skip
     """Ask the CPU to bring ``array[row, column]``'s cache line closer (LLVM ``prefetch``, read,
     level 2 — no effect on results): the next star's stamp arrives while this one is measured."""
     sig = types.void(array, row, column)
 
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+    def codegen(context: object, builder: ir.IRBuilder, signature: object, args: tuple) -> object:
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]],
