@@ -120,27 +120,22 @@ _C = _SEGMENT_SERIES
 
 
 @_njit
+def _segment(s: float) -> float:
+    """g(s) of the segment series, ``s ≤ 0.25`` (Horner, highest term first)."""
+    s2 = s * s
+    p = _C[13]
+    for k in range(12, -1, -1):
+        p = p * s2 + _C[k]
+    return s * s2 * p
+
+
+@_njit
 def _area_arc(x1: float, y1: float, x2: float, y2: float, r: float) -> float:
     """Area between the chord (x1, y1)–(x2, y2) and the arc of radius ``r`` (sep ``area_arc``)."""
     a = math.sqrt((x2 - x1) * (x2 - x1) + (y2 - y1) * (y2 - y1))
     s = 0.5 * a / r
     if s <= 0.25:
-        s2 = s * s
-        p = _C[13]
-        p = p * s2 + _C[12]
-        p = p * s2 + _C[11]
-        p = p * s2 + _C[10]
-        p = p * s2 + _C[9]
-        p = p * s2 + _C[8]
-        p = p * s2 + _C[7]
-        p = p * s2 + _C[6]
-        p = p * s2 + _C[5]
-        p = p * s2 + _C[4]
-        p = p * s2 + _C[3]
-        p = p * s2 + _C[2]
-        p = p * s2 + _C[1]
-        p = p * s2 + _C[0]
-        return r * r * (s * s2 * p)
+        return r * r * _segment(s)
     theta = 2.0 * math.asin(s)
     return 0.5 * r * r * (theta - math.sin(theta))
 
@@ -346,23 +341,7 @@ def _partial(
         redo[j] = 1 if (asin or (x_split and y_split)) else split
     for j in range(n):
         rr = r[j]
-        s = out[j]
-        s2 = s * s
-        p = _C[13]
-        p = p * s2 + _C[12]
-        p = p * s2 + _C[11]
-        p = p * s2 + _C[10]
-        p = p * s2 + _C[9]
-        p = p * s2 + _C[8]
-        p = p * s2 + _C[7]
-        p = p * s2 + _C[6]
-        p = p * s2 + _C[5]
-        p = p * s2 + _C[4]
-        p = p * s2 + _C[3]
-        p = p * s2 + _C[2]
-        p = p * s2 + _C[1]
-        p = p * s2 + _C[0]
-        arc = rr * rr * (s * s2 * p)
+        arc = rr * rr * _segment(out[j])
         out[j] = pre[j] if fixed[j] else (arc + pre[j]) + post[j]
 
 
