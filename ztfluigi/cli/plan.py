@@ -24,12 +24,13 @@ import pyarrow as pa
 
 #: Measured costs at real size (1 core), each (low, high) with its source.
 COSTS: dict[str, tuple[float, float, str]] = {
-    "quadrant_cpu_s": (0.77, 0.94, "bench/README.md bench_quadrant: raw -> catalogue per quadrant"
-                       " (quiet machine / loaded)"),
-    "bias_cpu_s": (5.4 + 4.4, 9.1 + 4.4, "10 raw reads (0.54 s fitsio / 0.91 s astropy) + a "
-                   "full-CCD stack (4.4 s sort kernel): spec/perf_anchors.md"),
-    "flat_cpu_s": (10.8 + 4.4, 18.2 + 4.4, "20 raw reads + a full-CCD stack: "
-                   "spec/perf_anchors.md"),
+    "quadrant_cpu_s": (0.28, 0.66, "bench/README.md, 2026-12-02: bench_quadrant raw -> catalogue"
+                       " per quadrant (0.279) .. bench_night_cpu everything a quadrant costs at"
+                       " night level: its raw file's verification, IPAC inputs, scheduling (0.66)"),
+    "bias_cpu_s": (7.7, 7.7 + 3.6, "bench_night_cpu (scale 2 x 4): MasterBias 7.7 CPU-s per CCD;"
+                   " + the verification of its 20 raw biases at download (0.18 s a frame)"),
+    "flat_cpu_s": (17.0, 17.0 + 3.6, "bench_night_cpu (scale 2 x 4): MasterFlat 17.0 CPU-s per"
+                   " CCD and filter; + the verification of its 20 raw flats at download"),
     "raw_bytes": (33.5e6, 33.5e6, "a real raw CCD file, RICE_1: spec/perf_anchors.md"),
     "master_bytes": (151.5e6, 151.5e6, "float32 6160x6144 FITS (the stored scale-32 master "
                      "is 155,520 bytes: 192x192x4 + 2 header blocks)"),
