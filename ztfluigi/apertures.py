@@ -437,6 +437,19 @@ def _drain(
 
 
 @_njit
+def _queue_pair(e_code: np.ndarray, e_dx: np.ndarray, e_dy: np.ndarray, e_r: np.ndarray,
+                n_e: int, n_q: int, k: int, dx: float, dy: float, radii: np.ndarray) -> None:
+    """Entry ``n_e`` of the partial-overlap queue: queued pixel ``n_q`` against radius ``k``
+    (the caller counts it in or not: the two largest radii are written without a branch)."""
+    ue = np.uint64(n_e)
+    uk = np.uint64(k)
+    e_code[ue] = n_q << 16 | np.int64(k)
+    e_dx[ue] = dx
+    e_dy[ue] = dy
+    e_r[ue] = radii[uk]
+
+
+@_njit
 def _apertures(
     data: np.ndarray,
     back: np.ndarray,
@@ -651,23 +664,12 @@ def _apertures(
                 klo = max(kp, row_k, col_k[np.uint64(ix - xa)])
                 k1 = np.uint64(max(kf - 1, 0))
                 k2 = np.uint64(max(kf - 2, 0))
-                ue = np.uint64(n_e)
-                e_code[ue] = n_q << 16 | np.int64(k1)
-                e_dx[ue] = dx
-                e_dy[ue] = dy
-                e_r[ue] = radii[k1]
+                _queue_pair(e_code, e_dx, e_dy, e_r, n_e, n_q, k1, dx, dy, radii)
                 n_e += kf - 1 >= klo
-                ue = np.uint64(n_e)
-                e_code[ue] = n_q << 16 | np.int64(k2)
-                e_dx[ue] = dx
-                e_dy[ue] = dy
-                e_r[ue] = radii[k2]
+                _queue_pair(e_code, e_dx, e_dy, e_r, n_e, n_q, k2, dx, dy, radii)
                 n_e += kf - 2 >= klo
                 for k in range(klo, kf - 2):
-                    e_code[n_e] = n_q << 16 | k
-                    e_dx[n_e] = dx
-                    e_dy[n_e] = dy
-                    e_r[n_e] = radii[k]
+                    _queue_pair(e_code, e_dx, e_dy, e_r, n_e, n_q, k, dx, dy, radii)
                     n_e += 1
                 n_q += 1
         _drain(n_e, e_code, e_dx, e_dy, e_r, e_ov, e_redo, e_pre, e_post, e_fixed, q_pix,
